@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from .checks import check_caching_args
+from .checks import check_caching_args, check_choice, check_positive_int
 from .memories import _stack, make_memory
 
-VARIANTS = ("residual", "grm", "soup", "ssc")
+VARIANTS = ("residual", "grm", "soup", "ssc", "mean")    # "mean": post-training MC (§4.3), unlearned
 
 
 def segment_bounds(T, segment_len, segmentation="constant"):
@@ -36,8 +36,9 @@ def gate(scores, online_score, valid, variant, top_k):
     scores: [..., N] (<u_t, kbar_i> * temperature), online_score: [...], valid: bool [..., N]
     (segment i is complete before t). Returns (gates, selected) with selected [..., k] for SSC
     (-1 where fewer than k segments exist), else None."""
-    if variant == "residual":                                               # Eq. 7: plain sum
-        return torch.cat([valid.to(scores.dtype).expand_as(scores), torch.ones_like(scores[..., :1])], -1), None
+    if variant in ("residual", "mean"):                                     # Eq. 7: plain sum
+        ones = torch.cat([valid.to(scores.dtype).expand_as(scores), torch.ones_like(scores[..., :1])], -1)
+        return (ones / ones.sum(-1, keepdim=True) if variant == "mean" else ones), None   # mean: uniform average
     masked = scores.masked_fill(~valid, float("-inf"))
     selected = None
     if variant == "ssc":                                                    # Eq. 16: top-k router
@@ -112,9 +113,7 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
         out = mem.read_each(mixed, q)
     else:                                                                   # Eq. 7, 9, 17: mix outputs
         blocks = [(a, b, s) for s, (a, b) in enumerate(bounds)]
-        sel = None if selected is None else (gates[..., :N].gather(-1, selected.clamp_min(0)), selected)
-        cached = mem.read_cached(cache, q, gates[..., :N] if sel is None else sel[0], blocks,
-                                 None if sel is None else sel[1], backend=backend)
+        cached = mem.read_cached(cache, q, gates[..., :N], blocks, selected, backend=backend)
         out = gates[..., N:] * torch.cat(outs, 1) + cached
     if not return_info:
         return out
@@ -137,8 +136,11 @@ class CachingStream:
     def __init__(self, *, memory="linear", variant="grm", segment_len=64, segmentation="constant",
                  mode="checkpoint", top_k=2, pool="mean", temperature=None, scale=None,
                  seq_len=None, **settings):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        for name, value, choices in (("variant", variant, VARIANTS), ("mode", mode, ("checkpoint", "independent")),
+                                     ("segmentation", segmentation, ("constant", "log")), ("pool", pool, ("mean", "sum"))):
+            check_choice(name, value, choices)
+        check_positive_int("segment_len", segment_len)
+        check_positive_int("top_k", top_k)
         if segmentation == "log" and seq_len is None:
             raise ValueError("segmentation='log' depends on the sequence length: pass seq_len")
         self.memory, self.settings = memory, settings

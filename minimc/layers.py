@@ -1,6 +1,8 @@
 """Layers: projections + short convolution around a memory (with or without caching), causal
 softmax attention, and a tiny language model. Every mixer reports its state size (numbers held
 between tokens) and can stream: ``layer.stream().step(x_t)`` equals ``layer(x)[:, t]``."""
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +43,10 @@ class Mixer(nn.Module):
         self.conv = ShortConv(3 * n_heads * head_dim, conv) if conv else None
         self.out = nn.Linear(n_heads * head_dim, d_model, bias=False)
 
+    def conv_state(self):
+        """Numbers the short convolution holds between tokens: the last kernel-1 inputs."""
+        return 0 if self.conv is None else (self.conv.weight.shape[0] - 1) * self.conv.weight.shape[1]
+
     def project(self, x, past=None):
         """x [B, T, D] -> list of [B, T, H, K] (q, k, v[, u]) and the convolution's new past."""
         B, T, _ = x.shape
@@ -64,7 +70,7 @@ class Attention(Mixer):
         return self.out(o.transpose(1, 2).flatten(2))                       # [B, T, D]
 
     def state_size(self, T):
-        return 2 * T * self.H * self.K
+        return 2 * T * self.H * self.K + self.conv_state()                 # the KV cache grows with T
 
     def stream(self, seq_len=None):
         return _AttentionStream(self)
@@ -106,7 +112,7 @@ class MemoryLayer(Mixer):
     def _inputs(self, x, past=None):
         heads, past = self.project(x, past)
         q, k, v = heads[:3]
-        u = heads[3] if self.caching else None
+        u = heads[3] if len(heads) > 3 else None                            # no connector: u = q
         if self.memory in ("linear", "swla"):
             q, k = F.elu(q) + 1, F.elu(k) + 1
         else:
@@ -131,12 +137,11 @@ class MemoryLayer(Mixer):
     def state_size(self, T):
         """Numbers held between tokens at length T: online state, cached states, their summaries."""
         per_state = make_memory(self.memory, self._settings())[0].state_size(self.K, self.K)
-        conv = (self.conv.weight.shape[0] - 1) * self.conv.weight.shape[1] if self.conv is not None else 0
         if not self.caching:
-            return self.H * per_state + conv
+            return self.H * per_state + self.conv_state()
         c = self.caching
         n = len(segment_bounds(T, c.get("segment_len", 64), c.get("segmentation", "constant"))) - 1
-        return self.H * (per_state * (n + 1) + n * self.K) + conv
+        return self.H * (per_state * (n + 1) + n * self.K) + self.conv_state()
 
     def _settings(self):
         s = dict(self.settings)
@@ -222,6 +227,20 @@ PRESETS = {
     "titans-grm": dict(_BASE, mixer="titans", caching=dict(variant="grm", segment_len=8, mode="independent")),
     "titans-soup": dict(_BASE, mixer="titans", caching=dict(variant="soup", segment_len=8, mode="independent")),
 }
+
+
+def with_caching(model, variant="mean", segment_len=32, mode="checkpoint", **options):
+    """Post-training Memory Caching (paper §4.3): a copy of a trained model whose memory layers
+    cache their state every ``segment_len`` tokens at inference. Nothing is learned: with no
+    connector the gates use u = q, and ``variant="mean"`` ignores them (a uniform average of the
+    online memory and the cached ones). Decision: ``mode="checkpoint"``, so the online memory is
+    exactly the trained model's memory; for a linear memory an independent-mode mean is the plain
+    memory divided by (n + 1), which the per-head RMSNorm undoes: nothing would change."""
+    model = copy.deepcopy(model)
+    for layer in model.modules():
+        if isinstance(layer, MemoryLayer):
+            layer.caching = dict(variant=variant, segment_len=segment_len, mode=mode, **options)
+    return model
 
 
 def tiny_lm(preset, vocab_size=256, **overrides):

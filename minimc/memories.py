@@ -72,8 +72,15 @@ class Memory:
         return _stack(states), state
 
     def read_cached(self, stack, q, gates, blocks=None, selected=None, backend="torch"):
-        """sum_i gates[..., i] M_i(q) (cached part of Eq. 9 / 17); see kernel.cached_readout for ``blocks``."""
-        raise NotImplementedError
+        """sum_i gates[..., i] M_i(q) (cached part of Eq. 9 / 17). Generic path: every query reads
+        every state it may read, then the reads are weighed (SSC's zero gates mask the rest).
+        Matrix memories override this with a blocked (and, for SSC, sparse) readout."""
+        if backend != "torch":
+            raise ValueError(f"backend={backend!r} is only available for matrix memories; use 'torch'")
+        blocks = [(0, q.shape[1], gates.shape[-1])] if blocks is None else blocks
+        return torch.cat([torch.einsum("bthn,bthnv->bthv", gates[:, a:b, :, :n],
+                                       self.read(tuple(x[:, :, :n] for x in stack), q[:, a:b]))
+                          for a, b, n in blocks], 1)                        # block: tokens a:b read [:n]
 
 
 def _at(opts, t):
@@ -103,9 +110,9 @@ class MatrixMemory(Memory):
         return torch.einsum("bthk,bhtkv->bthv", q, stack[0])
 
     def read_cached(self, stack, q, gates, blocks=None, selected=None, backend="torch"):
-        if selected is not None:
-            return kernel.sparse_readout(q, stack[0], gates, selected)
-        return kernel.cached_readout(q, stack[0], gates, blocks, backend=backend)
+        if selected is not None and backend == "torch":                     # SSC: read only the chosen
+            return kernel.sparse_readout(q, stack[0], gates.gather(-1, selected.clamp_min(0)), selected)
+        return kernel.cached_readout(q, stack[0], gates, blocks, backend=backend)  # Triton skips zero-gate tiles
 
 
 class LinearMemory(MatrixMemory):
@@ -284,15 +291,6 @@ class DeepMemory(Memory):
         W1, W2 = stack[:2]                                                  # [B, H, T, E, K], [B, H, T, K, E]
         h = F.gelu(torch.einsum("bthk,bhtke->bthe", q, W2))
         return q + torch.einsum("bthe,bhtek->bthk", h, W1)
-
-    def read_cached(self, stack, q, gates, blocks=None, selected=None, backend="torch"):
-        """Generic path: read every allowed state, then weigh (SSC's zero gates mask the rest)."""
-        if backend != "torch":
-            raise ValueError(f"backend={backend!r} is only available for matrix memories; use 'torch'")
-        blocks = [(0, q.shape[1], gates.shape[-1])] if blocks is None else blocks
-        out = [torch.einsum("bthn,bthnv->bthv", gates[:, a:b, :, :n], self.read(tuple(x[:, :, :n] for x in stack), q[:, a:b]))
-               if n else torch.zeros_like(q[:, a:b]) for a, b, n in blocks]          # V == K here
-        return torch.cat(out, 1)
 
 
 MEMORIES = {"linear": LinearMemory, "delta": DeltaMemory, "swla": SWLAMemory,

@@ -51,18 +51,22 @@ def gate(scores, online_score, valid, variant, top_k):
 
 
 def _summaries(k, u, bounds, pool, temperature):
-    """Scores of every cached segment and of the online segment for every token (Eq. 10, 16)."""
+    """Scores of every completed segment and of the online segment for every token (Eq. 10, 16).
+    Segment i's summary is its mean key kbar_i; the online one, the running mean up to t."""
     B, T, H, K = k.shape
-    cs = torch.cat([k.new_zeros(B, 1, H, K), k.cumsum(1)], 1)              # [B, T + 1, H, K]
     first, last = torch.tensor(bounds, device=k.device).T                  # [N], [N]
-    start = torch.repeat_interleave(first, last - first)                    # [T]: start of t's segment
-    online = cs[:, 1:] - cs[:, start]                                       # running sum, [B, T, H, K]
-    kbar = cs[:, last] - cs[:, first]                                       # [B, N, H, K]
+    cs = k.cumsum(1)                                                        # [B, T, H, K]
+    before = torch.cat([torch.zeros_like(cs[:, :1]), cs[:, last[:-1] - 1]], 1)  # sum before segment i, [B, N, H, K]
+    kbar = cs[:, last - 1] - before                                         # [B, N, H, K]
+    seg = torch.repeat_interleave(torch.arange(len(bounds), device=k.device), last - first)  # [T]
+    count = torch.arange(1, T + 1, device=k.device) - first[seg]           # tokens of the online segment so far
+    u_before = torch.einsum("bthk,bnhk->bthn", u, before).gather(-1, seg[None, :, None, None].expand(B, T, H, 1))
+    online = (u * cs).sum(-1) - u_before[..., 0]                            # <u_t, running sum>, [B, T, H]
+    scores = torch.einsum("bthk,bnhk->bthn", u, kbar)                       # [B, T, H, N]
     if pool == "mean":
-        online = online / (torch.arange(T, device=k.device) - start + 1)[:, None, None].to(k.dtype)
         kbar = kbar / (last - first)[:, None, None].to(k.dtype)
-    scores = torch.einsum("bthk,bnhk->bthn", u, kbar) * temperature        # [B, T, H, N]
-    return scores, (u * online).sum(-1) * temperature, kbar
+        scores, online = scores / (last - first).to(k.dtype), online / count[:, None].to(k.dtype)
+    return scores * temperature, online * temperature, kbar
 
 
 def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_len=64,
@@ -90,11 +94,11 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
     # 1. The online memory, segment by segment; the end state of each segment is cached.
     state0 = mem.init_state(q, k, v)
     state, outs, ends = state0, [], []
-    for a, b in bounds:
+    sizes = [b - a for a, b in bounds]
+    run = mem.token_states if variant == "soup" else mem.forward
+    for qs, ks, vs, *span in zip(*(x.split(sizes, 1) for x in (q, k, v, *opts.values()))):
         state = state0 if mode == "independent" else state
-        span = {n: x[:, a:b] for n, x in opts.items()}
-        run = mem.token_states if variant == "soup" else mem.forward
-        o, state = run(q[:, a:b], k[:, a:b], v[:, a:b], state, **span)
+        o, state = run(qs, ks, vs, state, **dict(zip(opts, span)))
         outs.append(o)
         ends.append(state)
     cache = _stack(ends)                                                    # leaves [B, H, N, ...]

@@ -34,8 +34,10 @@ def _blocks(q, S, blocks):
 
 
 class CachedReadout(torch.autograd.Function):
-    """Blocked forward/backward. The gradient of this trilinear map is three einsums:
-    dq = sum_i g_i S_i do,  dg_i = q^T S_i do,  dS_i = sum_t g_ti q_t do_t^T."""
+    """Blocked forward/backward, in [B, H, T, *] layout. Per token block, the gates are folded into
+    the queries, X[t, (i, k)] = g_ti q_tk, so the whole block is one (C x nK) @ (nK x V) matmul.
+    The gradient of this trilinear map, block by block (nothing but q, S, gates is saved):
+    dq_t = sum_i g_ti S_i do_t,   dg_ti = q_t^T S_i do_t,   dS_i = sum_t g_ti q_t do_t^T."""
 
     @staticmethod
     def forward(ctx, q, S, gates, blocks, backend):
@@ -43,25 +45,36 @@ class CachedReadout(torch.autograd.Function):
         ctx.blocks = blocks
         if backend == "triton":                                             # the kernel skips by gates, not blocks
             return cached_readout_triton(q.contiguous(), S.contiguous(), gates.contiguous())
-        o = q.new_zeros(*q.shape[:-1], S.shape[-1])                         # [B, T, H, V]
+        B, T, H, K = q.shape
+        N, V = S.shape[2], S.shape[-1]
+        qh, gh = q.transpose(1, 2), gates.transpose(1, 2)                   # [B, H, T, K], [B, H, T, N]
+        o = q.new_empty(B, H, T, V)
         for a, b, n in blocks:
-            if n:
-                o[:, a:b] = torch.einsum("bthn,bthk,bhnkv->bthv", gates[:, a:b, :, :n], q[:, a:b], S[:, :, :n])
-        return o
+            if not n:
+                o[:, :, a:b] = 0
+                continue
+            X = (gh[:, :, a:b, :n, None] * qh[:, :, a:b, None, :]).flatten(-2)   # [B, H, C, n*K]
+            torch.matmul(X, S[:, :, :n].reshape(B, H, n * K, V), out=o[:, :, a:b])
+        return o.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, do):
         q, S, gates = ctx.saved_tensors
-        dq, dS, dg = torch.zeros_like(q), torch.zeros_like(S), torch.zeros_like(gates)
+        B, T, H, K = q.shape
+        N, V = S.shape[2], S.shape[-1]
+        qh, gh, doh = q.transpose(1, 2), gates.transpose(1, 2), do.transpose(1, 2)  # [B, H, T, *]
+        dq, dg, dS = torch.zeros_like(qh), torch.zeros_like(gh), torch.zeros_like(S)
         for a, b, n in ctx.blocks:
             if not n:
                 continue
-            g, qb, Sn = gates[:, a:b, :, :n], q[:, a:b], S[:, :, :n]
-            Sdo = torch.einsum("bthv,bhnkv->bthnk", do[:, a:b], Sn)         # [B, C, H, n, K]
-            dq[:, a:b] = torch.einsum("bthn,bthnk->bthk", g, Sdo)
-            dg[:, a:b, :, :n] = torch.einsum("bthnk,bthk->bthn", Sdo, qb)
-            dS[:, :, :n] += torch.einsum("bthn,bthk,bthv->bhnkv", g, qb, do[:, a:b])
-        return dq, dS, dg, None, None
+            Sn = S[:, :, :n].reshape(B, H, n * K, V)                          # [B, H, nK, V]
+            Sdo = (doh[:, :, a:b] @ Sn.transpose(-1, -2)).unflatten(-1, (n, K))   # [B, H, C, n, K]
+            g = gh[:, :, a:b, :n]
+            dq[:, :, a:b] = (Sdo * g[..., None]).sum(-2)
+            dg[:, :, a:b, :n] = (Sdo * qh[:, :, a:b, None, :]).sum(-1)
+            X = (g[..., None] * qh[:, :, a:b, None, :]).flatten(-2)         # [B, H, C, n*K]
+            dS[:, :, :n] += (X.transpose(-1, -2) @ doh[:, :, a:b]).view(B, H, n, K, V)
+        return dq.transpose(1, 2), dS, dg.transpose(1, 2), None, None
 
 
 def cached_readout(q, S, gates, blocks=None, backend="torch"):
@@ -71,26 +84,29 @@ def cached_readout(q, S, gates, blocks=None, backend="torch"):
     return CachedReadout.apply(q, S, gates, _blocks(q, S, blocks), backend)
 
 
-def sparse_readout(q, S, gates, selected):
+def sparse_readout(q, S, gates, selected, rows_per_tile=64):
     """SSC readout (Eq. 17): o = sum_j gates[..., j] S[selected[..., j]]^T q, reading only selected states.
 
-    gates, selected: [B, T, H, k] (selected = -1 where a slot is empty). Every (token, slot) pair
-    becomes one row; rows are grouped by the state they read and each group is one matmul."""
+    gates, selected: [B, T, H, k] (selected = -1 where a slot is empty). Every (token, slot) pair is
+    a row; rows are sorted by the state they read and cut into tiles of R rows that share one
+    state, so each tile is one small matmul and no state is read for a token that did not pick it."""
     B, T, H, K = q.shape
-    N, V = S.shape[2], S.shape[-1]
-    o = q.new_zeros(B, T, H, V)
-    b, t, h, j = (selected >= 0).nonzero(as_tuple=True)                     # one row per pair
-    if len(b) == 0:
-        return o
-    sid = (b * H + h) * N + selected[b, t, h, j]                            # state id of each row
+    N, V, R = S.shape[2], S.shape[-1], rows_per_tile
+    pair = (selected >= 0).flatten().nonzero()[:, 0]                        # [P] flat (b, t, h, j)
+    row = pair // selected.shape[-1]                                        # flat (b, t, h) of each pair
+    sid = (row // (T * H) * H + row % H) * N + selected.flatten()[pair]     # flat (b, h, i): the state read
     sid, order = sid.sort(stable=True)
-    b, t, h, j = b[order], t[order], h[order], j[order]
-    counts = torch.bincount(sid, minlength=B * H * N)
-    rank = torch.arange(len(sid), device=q.device) - (counts.cumsum(0) - counts)[sid]  # row within group
-    rows = q.new_zeros(B * H * N, int(counts.max()), K)                     # [B*H*N, R, K]
-    rows[sid, rank] = gates[b, t, h, j, None] * q[b, t, h]
-    reads = torch.bmm(rows, S.reshape(B * H * N, K, V))                     # [B*H*N, R, V]
-    return o.index_put((b, t, h), reads[sid, rank], accumulate=True)
+    pair, row = pair[order], row[order]
+    counts = torch.bincount(sid, minlength=B * H * N)                       # rows per state
+    tiles = (counts + R - 1) // R                                           # tiles of R rows per state
+    rank = torch.arange(len(sid), device=q.device) - (counts.cumsum(0) - counts)[sid]
+    slot = ((tiles.cumsum(0) - tiles)[sid] + rank // R) * R + rank % R      # flat (tile, row in tile)
+    g = gates.flatten().index_select(0, pair)[:, None]                      # [P, 1]
+    rows = q.new_zeros(int(tiles.sum()) * R, K)                             # zero padding: NaN-free gradients
+    rows = rows.index_copy(0, slot, q.reshape(-1, K).index_select(0, row) * g)      # [tiles * R, K]
+    states = S.reshape(B * H * N, K, V).index_select(0, torch.repeat_interleave(tiles))  # [tiles, K, V]
+    reads = torch.bmm(rows.view(-1, R, K), states).view(-1, V)              # [tiles * R, V]
+    return q.new_zeros(B * T * H, V).index_add(0, row, reads.index_select(0, slot)).view(B, T, H, V)
 
 
 def tiles_read(gates, BT=64):

@@ -59,9 +59,9 @@ class Memory:
     def recurrent(self, q, k, v, state, **opts):
         """The definition: update with token t, then read with query t (Eq. 1)."""
         outs = []
-        for t in range(q.shape[1]):
-            state = self.step(state, k[:, t], v[:, t], **_at(opts, t))
-            outs.append(self.read_each(_stack([state]), q[:, t:t + 1]))
+        for t, (qt, kt, vt) in enumerate(zip(q.unbind(1), k.unbind(1), v.unbind(1))):
+            state = self.step(state, kt, vt, **_at(opts, t))
+            outs.append(self.read_each(_stack([state]), qt[:, None]))
         return torch.cat(outs, 1), state
 
     def token_states(self, q, k, v, state, **opts):
@@ -129,17 +129,24 @@ class LinearMemory(MatrixMemory):
         return (S + k[..., :, None] * v[..., None, :],)
 
     def forward(self, q, k, v, state, decay=None):
-        """Chunkwise-parallel form: inter-chunk Q S_0 + causal intra-chunk (Q K^T * L) V."""
-        S, outs, log_a = state[0], [], _log(decay, k)
-        for a in range(0, q.shape[1], self.chunk_size):
-            b = min(a + self.chunk_size, q.shape[1])
-            qc, kc, vc = (x[:, a:b].transpose(1, 2) for x in (q, k, v))   # [B, H, C, D]
-            g = log_a[..., a:b].cumsum(-1)                                  # [B, H, C]
-            L = decay_matrix(log_a[..., a:b])                               # [B, H, C, C]
-            o = (qc * g.exp()[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * L) @ vc
-            S = S * g[..., -1:, None].exp() + (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc
-            outs.append(o.transpose(1, 2))                                  # [B, C, H, V]
-        return torch.cat(outs, 1), (S,)
+        """Chunkwise-parallel form: all chunks at once for the intra-chunk part (Q K^T * L) V and each
+        chunk's write K^T V; a short scan over chunks for the states; then inter-chunk Q S_chunk_start."""
+        B, T, H, K = q.shape
+        C = min(self.chunk_size, T)
+        pad = (-T) % C                                                      # zero keys/values write nothing
+        qc, kc, vc = (F.pad(x, (0, 0, 0, 0, 0, pad)).transpose(1, 2).unflatten(2, (-1, C))
+                      for x in (q, k, v))                                   # [B, H, n, C, D]
+        log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C))     # [B, H, n, C]
+        g = log_a.cumsum(-1)                                                # decay from chunk start to t
+        intra = ((qc @ kc.transpose(-1, -2)) * decay_matrix(log_a)) @ vc   # [B, H, n, C, V]
+        writes = (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc  # [B, H, n, K, V]
+        S, starts = state[0], []
+        for a, w in zip(g[..., -1].exp().unbind(2), writes.unbind(2)):     # scan over chunks
+            starts.append(S)
+            S = a[..., None, None] * S + w
+        inter = (qc * g.exp()[..., None]) @ torch.stack(starts, 2)          # [B, H, n, C, V]
+        o = (intra + inter).flatten(2, 3)[:, :, :T]                         # [B, H, T, V]
+        return o.transpose(1, 2), (S,)
 
 
 class DeltaMemory(MatrixMemory):
@@ -159,17 +166,15 @@ class DeltaMemory(MatrixMemory):
         """Chunkwise (WY / UT-transform) form: solve (I + tril(diag(beta) K K^T, -1)) U = beta (V - K S)."""
         S, outs, k = state[0], [], F.normalize(k, dim=-1)
         beta = torch.ones_like(k[..., 0]) if beta is None else beta
-        for a in range(0, q.shape[1], self.chunk_size):
-            b = min(a + self.chunk_size, q.shape[1])
-            qc, kc, vc = (x[:, a:b].transpose(1, 2) for x in (q, k, v))   # [B, H, C, D]
-            bc = beta[:, a:b].transpose(1, 2)[..., None]                    # [B, H, C, 1]
+        chunks = (x.transpose(1, 2).split(self.chunk_size, 2) for x in (q, k, v, beta[..., None]))
+        for qc, kc, vc, bc in zip(*chunks):                                 # [B, H, C, D], bc [B, H, C, 1]
             A = (bc * kc @ kc.transpose(-1, -2)).tril(-1)                   # [B, H, C, C]
-            eye = torch.eye(b - a, dtype=q.dtype, device=q.device)
+            eye = torch.eye(qc.shape[2], dtype=q.dtype, device=q.device)
             u = torch.linalg.solve_triangular(eye + A, bc * (vc - kc @ S), upper=False)
             o = qc @ S + (qc @ kc.transpose(-1, -2)).tril() @ u
             S = S + kc.transpose(-1, -2) @ u
-            outs.append(o.transpose(1, 2))                                  # [B, C, H, V]
-        return torch.cat(outs, 1), (S,)
+            outs.append(o)
+        return torch.cat(outs, 2).transpose(1, 2), (S,)
 
 
 class SWLAMemory(MatrixMemory):
@@ -262,15 +267,14 @@ class DeepMemory(Memory):
         W1, W2, m1, m2 = state
         ex = lambda x: x[..., None, None]                                   # noqa: E731
         stacks = []
-        for a in range(0, k.shape[1], self.chunk_size):
-            b = min(a + self.chunk_size, k.shape[1])
-            kc, vc = (x[:, a:b].transpose(1, 2) for x in (k, v))           # [B, H, C, K]
+        chunks = [x.split(self.chunk_size, -1) for x in (log_d, log_m, lr.transpose(1, 2))]   # [B, H, C]
+        for kc, vc, ld, lm, lrc in zip(*(x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)), *chunks):
             g1, g2 = self._grads(W1, W2, kc, vc)                            # [B, H, C, E, K], [B, H, C, K, E]
-            Ld, P = decay_matrix(log_d[..., a:b]), log_m[..., a:b].cumsum(-1).exp()   # [B, H, C, C], [B, H, C]
-            Mc = decay_matrix(log_m[..., a:b]) * lr[:, a:b].transpose(1, 2)[..., None, :]  # [B, H, C, C]
+            Ld, P = decay_matrix(ld), lm.cumsum(-1).exp()                   # [B, H, C, C], [B, H, C]
+            Mc = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, C, C]
             m1s = ex(P) * m1[:, :, None] + torch.einsum("bhtj,bhjek->bhtek", Mc, g1)
             m2s = ex(P) * m2[:, :, None] + torch.einsum("bhtj,bhjke->bhtke", Mc, g2)
-            D, c0, C = log_d[..., a:b].cumsum(-1).exp(), (Ld @ P[..., None])[..., 0], Ld @ Mc
+            D, c0, C = ld.cumsum(-1).exp(), (Ld @ P[..., None])[..., 0], Ld @ Mc
             W1s = ex(D) * W1[:, :, None] - ex(c0) * m1[:, :, None] - torch.einsum("bhtj,bhjek->bhtek", C, g1)
             W2s = ex(D) * W2[:, :, None] - ex(c0) * m2[:, :, None] - torch.einsum("bhtj,bhjke->bhtke", C, g2)
             W1, W2, m1, m2 = W1s[:, :, -1], W2s[:, :, -1], m1s[:, :, -1], m2s[:, :, -1]

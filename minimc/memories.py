@@ -134,19 +134,24 @@ class LinearMemory(MatrixMemory):
         B, T, H, K = q.shape
         C = min(self.chunk_size, T)
         pad = (-T) % C                                                      # zero keys/values write nothing
-        qc, kc, vc = (F.pad(x, (0, 0, 0, 0, 0, pad)).transpose(1, 2).unflatten(2, (-1, C))
+        qc, kc, vc = ((F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x).transpose(1, 2).contiguous().unflatten(2, (-1, C))
                       for x in (q, k, v))                                   # [B, H, n, C, D]
-        log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C))     # [B, H, n, C]
-        g = log_a.cumsum(-1)                                                # decay from chunk start to t
-        intra = ((qc @ kc.transpose(-1, -2)) * decay_matrix(log_a)) @ vc   # [B, H, n, C, V]
-        writes = (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc  # [B, H, n, K, V]
+        if decay is None:                                                   # L is the causal mask
+            L = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            scores, writes = (qc @ kc.transpose(-1, -2)).masked_fill_(~L, 0), kc.transpose(-1, -2) @ vc
+            a, qd = torch.ones_like(writes[..., 0, 0]), qc                  # chunk decay 1, queries as is
+        else:
+            log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C)) # [B, H, n, C]
+            g = log_a.cumsum(-1)                                            # decay from chunk start to t
+            scores = (qc @ kc.transpose(-1, -2)) * decay_matrix(log_a)     # [B, H, n, C, C]
+            writes = (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc  # [B, H, n, K, V]
+            a, qd = g[..., -1].exp(), qc * g.exp()[..., None]
         S, starts = state[0], []
-        for a, w in zip(g[..., -1].exp().unbind(2), writes.unbind(2)):     # scan over chunks
+        for a_i, w in zip(a.unbind(2), writes.unbind(2)):                  # scan over chunks
             starts.append(S)
-            S = a[..., None, None] * S + w
-        inter = (qc * g.exp()[..., None]) @ torch.stack(starts, 2)          # [B, H, n, C, V]
-        o = (intra + inter).flatten(2, 3)[:, :, :T]                         # [B, H, T, V]
-        return o.transpose(1, 2), (S,)
+            S = a_i[..., None, None] * S + w
+        o = torch.baddbmm(*(x.flatten(0, 2) for x in (scores @ vc, qd, torch.stack(starts, 2))))  # intra + inter
+        return o.view(B, H, -1, o.shape[-1])[:, :, :T].transpose(1, 2), (S,)   # [B, T, H, V]
 
 
 class DeltaMemory(MatrixMemory):

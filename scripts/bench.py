@@ -86,12 +86,13 @@ def main(quick=False):
     rows = []
 
     T = 512 if quick else 2048
-    q, k, v, u = qkv(T)
-    t = timeit({"loop": lambda: minimc.recurrent_memory(q, k, v, reference=True),
-                "chunked": lambda: minimc.recurrent_memory(q, k, v)}, repeat=3)
-    rows.append((f"chunked vs token-loop linear attention, T={T}", t["loop"] / t["chunked"], ">= 20x faster"))
-    print(f"[1] T={T}: token loop {t['loop'] * 1e3:.1f} ms, chunked {t['chunked'] * 1e3:.1f} ms -> "
-          f"{t['loop'] / t['chunked']:.1f}x")
+    for H, D in ((4, 64), (2, 16)):                                         # bench heads; the course's model heads
+        q, k, v, u = qkv(T, H=H, K=D, V=D)
+        t = timeit({"loop": lambda: minimc.recurrent_memory(q, k, v, reference=True, check_nan=False),
+                    "chunked": lambda: minimc.recurrent_memory(q, k, v, check_nan=False)}, repeat=3)
+        rows.append((f"chunked vs token-loop linear attention, T={T}, H={H}, K=V={D}", t["loop"] / t["chunked"], ">= 20x faster"))
+        print(f"[1] T={T}, H={H}, K=V={D}: token loop {t['loop'] * 1e3:.1f} ms, chunked {t['chunked'] * 1e3:.1f} ms -> "
+              f"{t['loop'] / t['chunked']:.1f}x")
 
     Ts = [256, 512, 1024, 2048] if quick else [1024, 4096, 8192, 16384]
     C = 64 if quick else 256

@@ -1,0 +1,155 @@
+"""Grade the exercises: a score per chapter, and one or two lines on each failing test.
+
+    make grade                                    # every chapter, your exercises/
+    python scripts/grade.py --chapter 1           # one chapter (or --chapter 1,5)
+    python scripts/grade.py --impl solutions      # grade the reference solutions instead
+    %run ../scripts/grade.py --chapter 1          # a notebook's "check your work" cell (cwd book/)
+
+The tests run in a fresh pytest process (so your latest edits are the ones graded), each with a
+time limit, and grading never stops at the first failure. Exit status 0 unless --strict is given
+and a test fails, or the tests could not run at all.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests" / "exercises"
+OVERALL_TIMEOUT = float(os.environ.get("MINIMC_GRADE_TIMEOUT", 1800))   # seconds for one run
+
+
+def chapters():
+    """{number: (slug, test file)} for every chapter that has exercise tests."""
+    found = {}
+    for path in sorted(TESTS.glob("test_ch[0-9][0-9]_*.py")):
+        number = int(path.name[7:9])
+        found[number] = (path.stem[len("test_"):], path)
+    return found
+
+
+def title(number, slug):
+    """The first '# ' heading of book/NN_*.ipynb without "Chapter N:", else the slug."""
+    for nb in sorted((ROOT / "book").glob(f"{number:02d}_*.ipynb")):
+        try:
+            cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for cell in cells:
+            source = "".join(cell.get("source", ""))
+            for line in source.splitlines() if cell.get("cell_type") == "markdown" else []:
+                if line.startswith("# "):
+                    return re.sub(r"^(chapter\s+)?\d+\s*[:.\-–—]\s*", "", line[2:].strip(), flags=re.I)
+    return slug.split("_", 1)[1].replace("_", " ").capitalize()
+
+
+def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
+    """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "results.jsonl"
+        cmd = [sys.executable, "-m", "pytest", *map(str, files), f"--impl={impl}",
+               f"--grade-json={log}", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        note = None
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            output = proc.stdout + proc.stderr
+            if proc.returncode not in (0, 1):
+                note = f"pytest exited with status {proc.returncode}"
+        except subprocess.TimeoutExpired as exc:
+            output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+            note = f"grading stopped after {timeout:g} s (a test that cannot be interrupted?)"
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    results = {}
+    for r in records:                      # collected -> "not run" until a phase reports
+        if r["when"] == "collected":
+            results.setdefault(r["nodeid"], ("not run", note or "did not run"))
+            continue
+        previous = results.get(r["nodeid"], ("not run", None))[0]
+        if previous == "failed" or (previous == "skipped" and r["outcome"] == "passed"):
+            continue                       # the first failure (setup, call or teardown) wins
+        results[r["nodeid"]] = (r["outcome"], r["diagnosis"])
+    return results, output, note
+
+
+def collection_errors(output):
+    """{test file: message} for test files pytest could not import."""
+    errors = {}
+    for m in re.finditer(r"^ERROR (tests/exercises/\S+\.py)(?: - (.*))?$", output, re.M):
+        errors[Path(m[1]).name] = m[2] or "could not collect the tests"
+    return errors
+
+
+def grade(selected=None, impl=None, strict=False, out=print):
+    """Print the score table for the chosen chapters; returns an exit status."""
+    impl = impl or os.environ.get("MINIMC_IMPL", "exercises")
+    known = chapters()
+    selected = sorted(known) if not selected else selected
+    missing = [n for n in selected if n not in known]
+    for n in missing:
+        out(f"Chapter {n} has no exercise tests (tests/exercises/test_ch{n:02d}_*.py).")
+    selected = [n for n in selected if n in known]
+    if not selected:
+        out("No exercises to grade yet." if not missing else "")
+        return 0
+    out(f"Grading {impl}/ for chapter{'s' if len(selected) > 1 else ''} "
+        f"{', '.join(map(str, selected))} ...")
+    results, output, note = run_pytest([known[n][1] for n in selected], impl)
+    broken = collection_errors(output)
+    width = max(len(title(n, known[n][0])) for n in selected)
+    total = passed = 0
+    first_bad = None
+    for n in selected:
+        slug, path = known[n]
+        mine = {k: v for k, v in results.items() if k.split("::")[0].endswith(path.name)}
+        ok = sum(o == "passed" for o, _ in mine.values())
+        counted = sum(o != "skipped" for o, _ in mine.values())
+        total, passed = total + counted, passed + ok
+        mark = "✓" if counted and ok == counted and path.name not in broken else "✗"
+        if mark == "✗" and first_bad is None:
+            first_bad = path
+        out(f"Chapter {n:<3d} {title(n, slug):<{width}}  {ok}/{counted}  {mark}")
+        if path.name in broken:
+            out(f"      ✗ the tests could not be loaded: {broken[path.name]}")
+        failing = [(k.split("::", 1)[1], why or o) for k, (o, why) in mine.items()
+                   if o in ("failed", "not run")]
+        for why in dict.fromkeys(w for _, w in failing):       # one entry per distinct reason
+            names = [name for name, w in failing if w == why]
+            bases = list(dict.fromkeys(name.split("[")[0] for name in names))
+            label = f"{len(names)} tests" if len(bases) > 1 else bases[0]
+            label += f" ({len(names)} tests)" if len(bases) == 1 and len(names) > 1 else ""
+            lines = why.splitlines() or ["failed"]
+            out(f"  ✗ {label}: {lines[0]}")
+            for line in lines[1:2]:
+                out(f"    {line.strip()}")
+    if note:
+        out(f"Note: {note}.")
+    if not results and not broken:
+        out("The tests did not run; pytest said:\n" + output[-3000:])
+        return 2
+    out(f"Total: {passed}/{total} tests pass.")
+    if first_bad:
+        out(f"Full tracebacks: python -m pytest {first_bad.relative_to(ROOT)}")
+    return 1 if strict and (passed < total or broken or note) else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chapter", action="append", default=[],
+                        help="chapter number(s) to grade, e.g. 1 or 1,5 (default: all)")
+    parser.add_argument("--impl", choices=("exercises", "solutions"), default=None,
+                        help="what to grade (default: $MINIMC_IMPL or exercises)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 unless all pass")
+    args = parser.parse_args(argv)
+    selected = [int(c) for arg in args.chapter for c in arg.split(",") if c.strip()]
+    return grade(selected, args.impl, args.strict)
+
+
+if __name__ == "__main__":
+    status = main()
+    if status:                         # exit quietly on success: `%run` in a notebook stays clean
+        sys.exit(status)

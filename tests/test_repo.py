@@ -1,0 +1,69 @@
+"""Repository hygiene CI checks: clean notebooks, one list of packages, one test command."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(p for p in (ROOT / "book").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_committed_without_outputs(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; clear them "
+                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})")
+    assert "widgets" not in nb.get("metadata", {}), f"{path.name}: saved widget state in metadata"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_valid_nbformat(path):
+    nbformat = pytest.importorskip("nbformat")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert all("id" in c for c in raw["cells"]), f"{path.name}: cells without ids (save it in JupyterLab)"
+    nbformat.validate(nbformat.from_dict(raw))
+
+
+def _pins(lines):
+    return {m[1].lower(): m[2] for m in (re.match(r"\s*([A-Za-z0-9_.\-\[\]]+)==(\S+)", line)
+                                         for line in lines) if m}
+
+
+def test_environment_yml_matches_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+    text = (ROOT / "environment.yml").read_text()
+    pip = text.split("- pip:", 1)[1]
+    listed = _pins(line.split("- ", 1)[1] for line in pip.splitlines() if line.strip().startswith("- "))
+    assert listed == wanted, ("environment.yml and pyproject.toml (dependencies + dev) must pin the "
+                              f"same packages; only in environment.yml: {listed.items() - wanted.items()}, "
+                              f"only in pyproject.toml: {wanted.items() - listed.items()}")
+    unpinned = [d for d in project["dependencies"] + project["optional-dependencies"]["dev"] if "==" not in d]
+    assert not unpinned, f"unpinned packages in pyproject.toml: {unpinned}"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    calls = re.findall(r"^[^#\n]*?\b(make \w[\w-]*)", ci, re.M)
+    assert calls, ".ci/run should call a make target"
+    blocks = "\n".join(re.findall(r"```(?:bash|sh)?\n(.*?)```", (ROOT / "README.md").read_text(), re.S))
+    commands = {line.split("#")[0].strip() for line in blocks.splitlines()}
+    for call in calls:
+        assert call in commands, f"README's code blocks should show `{call}` (what .ci/run calls)"
+
+
+def test_book_infrastructure():
+    """The book builds from _config.yml with local assets; no chapter file is misnamed."""
+    config = (ROOT / "book" / "_config.yml").read_text()
+    assert "execute_notebooks: force" in config and "mathjax_path: mathjax/" in config
+    assert not re.search(r"https?://", config), "book/_config.yml must not point at the internet"
+    assert not (ROOT / "book" / "_static").exists(), "no book/_static/ (JB1 injects every .js in it)"
+    for p in (ROOT / "book").glob("*.ipynb"):
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name), f"book/{p.name}: name it NN_slug.ipynb"
+    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
+    for dep in ("mathjax", "requirejs", "@jupyter-widgets/html-manager"):
+        assert f"node_modules/{dep}" in lock, f"package-lock.json lacks {dep}"

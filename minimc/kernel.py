@@ -96,17 +96,17 @@ def sparse_readout(q, S, gates, selected, rows_per_tile=64):
     row = pair // selected.shape[-1]                                        # flat (b, t, h) of each pair
     sid = (row // (T * H) * H + row % H) * N + selected.flatten()[pair]     # flat (b, h, i): the state read
     sid, order = sid.sort(stable=True)
-    pair, row = pair[order], row[order]
     counts = torch.bincount(sid, minlength=B * H * N)                       # rows per state
     tiles = (counts + R - 1) // R                                           # tiles of R rows per state
     rank = torch.arange(len(sid), device=q.device) - (counts.cumsum(0) - counts)[sid]
     slot = ((tiles.cumsum(0) - tiles)[sid] + rank // R) * R + rank % R      # flat (tile, row in tile)
-    g = gates.flatten().index_select(0, pair)[:, None]                      # [P, 1]
-    rows = q.new_zeros(int(tiles.sum()) * R, K)                             # zero padding: NaN-free gradients
-    rows = rows.index_copy(0, slot, q.reshape(-1, K).index_select(0, row) * g)      # [tiles * R, K]
+    src = torch.full((int(tiles.sum()) * R,), B * T * H, device=q.device)   # padding slots: a row past the end
+    src[slot] = row[order]                                                  # [tiles * R] token row of each slot
+    g = q.new_zeros(len(src)).index_put_((slot,), gates.flatten()[pair[order]])   # padding: gate 0
+    rows = q.reshape(-1, K).index_select(0, src.clamp_max(B * T * H - 1)) * g[:, None]   # [tiles * R, K]
     states = S.reshape(B * H * N, K, V).index_select(0, torch.repeat_interleave(tiles))  # [tiles, K, V]
     reads = torch.bmm(rows.view(-1, R, K), states).view(-1, V)              # [tiles * R, V]
-    return q.new_zeros(B * T * H, V).index_add(0, row, reads.index_select(0, slot)).view(B, T, H, V)
+    return q.new_zeros(B * T * H + 1, V).index_add(0, src, reads)[:-1].view(B, T, H, V)  # padding -> dropped row
 
 
 def tiles_read(gates, BT=64):

@@ -6,8 +6,8 @@
 1. book/_toc.yml lists the chapters present (book/NN_slug.ipynb or .md, in order; 00 is the root).
 2. MathJax 3, require.js and the ipywidgets HTML manager are copied from node_modules/ into
    book/_assets/ (git-ignored), which Sphinx serves as _static/: no page loads anything from a CDN.
-3. `jupyter-book build -W -n --keep-going book/` executes every notebook; any cell error or
-   Sphinx warning fails the build.
+3. `jupyter-book build --all -W -n --keep-going book/` executes every notebook, unchanged ones
+   too (the library may have changed); any cell error or Sphinx warning fails the build.
 4. The built HTML is scanned for <script>/<link>/<img> tags that would load from the internet.
 """
 import argparse
@@ -84,7 +84,7 @@ def remote_loads(html_dir=HTML):
 def build():
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", "-W", "-n", "--keep-going", str(BOOK)]
+    cmd = [str(jb), "build", "--all", "-W", "-n", "--keep-going", str(BOOK)]
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 

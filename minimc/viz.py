@@ -21,6 +21,7 @@ COLORS = {
     "grm": "#d62728",
     "soup": "#17becf",
     "ssc": "#bcbd22",
+    "mean": "#ff9896",           # post-training caching: uniform average of the cache
     "log-linear++": "#7f7f7f",
 }
 

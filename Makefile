@@ -11,7 +11,7 @@ TIMEOUT := $(shell command -v timeout >/dev/null 2>&1 && echo timeout 3600)
 CELL_TIMEOUT ?= 300
 IMPL    ?= solutions
 
-.PHONY: all venv book test test-unit test-exercises test-notebooks grade lab screenshots bench demo clean
+.PHONY: all venv book test test-unit test-exercises test-notebooks grade lab screenshots bench clean
 
 all: book
 
@@ -66,11 +66,10 @@ lab: $(STAMP)
 screenshots:
 	scripts/screenshots.sh
 
-demo: $(STAMP)
-	$(BIN)/python -m minimc.demo
-
+# Speed and memory ratios measured side by side (CPU); the Triton kernel's benchmark (GPU figures need a GPU).
 bench: $(STAMP)
-	$(BIN)/python -m minimc.bench
+	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_kernel.py
 
 clean:
 	rm -rf book/_build book/_assets book/_toc.yml screenshots .pytest_cache

@@ -1,0 +1,40 @@
+"""Chapter 2 exercises: one token's update of two better fixed-size memories.
+
+Both work on one token for every (batch, head) at once, in minimc's shapes: a state matrix
+S [B, H, K, V], a key k [B, H, K], a value v [B, H, V], per-token scalars [B, H].
+
+Grade:  make grade CHAPTER=2      (or: python scripts/grade.py --chapter 2)
+"""
+import torch
+import torch.nn.functional as F
+
+
+def delta_rule_step(S, k, v, beta):
+    """One token of the delta rule (DeltaNet):
+
+        k_hat = k / ||k||                                  (unit key, as minimc does it:
+                                                            F.normalize(k, dim=-1), eps 1e-12)
+        S_new = S + beta * k_hat (v - S^T k_hat)^T         (outer product of k_hat and the error)
+
+    S: [B, H, K, V]; k: [B, H, K] (any length: normalise it here); v: [B, H, V]; beta: [B, H]
+    (the write strength, in [0, 1]). Returns S_new [B, H, K, V]. beta = 0 leaves S unchanged;
+    beta = 1 makes the memory return exactly v when read with k_hat (S_new^T k_hat = v).
+    Worked example: K = V = 1, S = [[1]], k = [2], v = [3], beta = 0.5: k_hat = 1, the error is
+    3 - 1 = 2 and S_new = 1 + 0.5 * 2 = [[2]].
+    """
+    raise NotImplementedError("delta_rule_step")
+
+
+def swla_step(state, k, v, a, b, c):
+    """One token of sliding-window linear attention with window 2 (SWLA, Eq. 28):
+
+        S_t = a_t S_{t-1} + b_t k_{t-1} v_{t-1}^T + c_t k_t v_t^T
+
+    state = (S [B, H, K, V], k_prev [B, H, K], v_prev [B, H, V]): the matrix and the previous
+    token's key and value (zeros before the first token). k: [B, H, K]; v: [B, H, V];
+    a, b, c: [B, H]. Keys are used as given (no normalisation). Returns the new state
+    (S_t, k, v): the current key and value become the next token's k_prev, v_prev.
+    Worked example: K = V = 1, S = [[1]], k_prev = [1], v_prev = [2], k = [1], v = [3],
+    a = 0.5, b = 1, c = 2: S_t = 0.5 + 2 + 6 = [[8.5]], and the state is ([[8.5]], [1], [3]).
+    """
+    raise NotImplementedError("swla_step")

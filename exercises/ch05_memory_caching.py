@@ -1,0 +1,46 @@
+"""Chapter 5 exercises: segments, and the cache of states.
+
+Memory Caching (paper §3, Eq. 4-5) splits a sequence of T tokens into segments, runs the memory
+inside each segment, and caches the memory's state at the END of every segment. A token of
+segment s then reads the online memory and the cached states of segments 0..s-1.
+
+Part 1, ``segment_bounds``: where the segments are (constant length C, or logarithmic: the binary
+digits of T, largest power of two first, paper §4.2).
+Part 2, ``cache_states``: the cache itself, for a linear memory S_t = S_{t-1} + k_t v_t^T, in both
+modes of §3.4 (checkpoint: one continuing memory; independent: every segment starts from zero).
+
+Grade:  python scripts/grade.py --chapter 5      (or: make grade CHAPTER=5)
+"""
+import torch
+
+
+def segment_bounds(T, segment_len, segmentation="constant"):
+    """The segments covering tokens 0..T-1: a list of (start, end) pairs of ints, end exclusive.
+
+    segmentation="constant": segments of ``segment_len`` = C tokens; the last one is shorter when
+        C does not divide T, and C >= T gives a single segment [(0, T)].
+        T = 10, C = 4 -> [(0, 4), (4, 8), (8, 10)]
+    segmentation="log" (paper §4.2): one segment per binary digit 1 of T, the largest power of two
+        first (``segment_len`` is ignored).
+        T = 37 = 32 + 4 + 1 -> [(0, 32), (32, 36), (36, 37)];  T = 64 -> [(0, 64)]
+    Any other segmentation raises ValueError. T >= 1 and C >= 1 are ints.
+    """
+    raise NotImplementedError("segment_bounds")
+
+
+def cache_states(q, k, v, segment_len, mode="checkpoint"):
+    """The cached states of a linear memory: its state at the END of every segment (Eq. 4).
+
+    q, k: [B, T, H, K], v: [B, T, H, V]; constant segments of ``segment_len`` = C tokens (the last
+    one may be shorter). The memory is S_t = S_{t-1} + k_t v_t^T, one [K, V] matrix per batch and
+    head (q does not change the state; it is passed because a memory update sees whole tokens).
+      mode="checkpoint": one continuing memory, snapshotted at each segment end:
+          S^(i) = sum_{j < end_i} k_j v_j^T
+      mode="independent": every segment starts from the zero state:
+          S^(i) = sum_{start_i <= j < end_i} k_j v_j^T
+    Returns the stack of the N cached states, [B, H, N, K, V] (N = ceil(T / C)), in k's dtype.
+
+    Worked example: B = H = K = V = 1, k = v = [1, 2, 3], C = 2: segments (0, 2) and (2, 3);
+    checkpoint -> [1 + 4, 1 + 4 + 9] = [5, 14];  independent -> [1 + 4, 9] = [5, 9].
+    """
+    raise NotImplementedError("cache_states")

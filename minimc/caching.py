@@ -21,6 +21,7 @@ VARIANTS = ("residual", "grm", "soup", "ssc", "mean")    # "mean": post-training
 def segment_bounds(T, segment_len, segmentation="constant"):
     """[(start, end), ...] covering 0..T. Constant: length C (last may be shorter). Logarithmic
     (§4.2): the binary digits of T, largest power of two first (T = 37 -> 32, 4, 1)."""
+    T, segment_len = int(T), int(segment_len)                               # numpy / torch integers too
     if segmentation == "constant":
         return [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
     if segmentation == "log":

@@ -31,7 +31,7 @@ def check_choice(name, value, choices):
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:   # int, numpy int
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 

@@ -1,4 +1,5 @@
 """Memory Caching: every identity of the design doc, streaming, causality, gradients."""
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ def test_segment_bounds():
     assert minimc.segment_bounds(3, 1) == [(0, 1), (1, 2), (2, 3)]
     assert [b - a for a, b in minimc.segment_bounds(37, 0, "log")] == [32, 4, 1]
     assert [b - a for a, b in minimc.segment_bounds(64, 0, "log")] == [64]
+    assert minimc.segment_bounds(np.int64(37), np.int64(8), "log") == minimc.segment_bounds(37, 8, "log")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -13,6 +13,11 @@ from .memories import init_deep_weights, make_memory, recurrent_memory
 # Per-token scalars each memory takes, all produced by sigmoid(x W) ([B, T, H]).
 SCALARS = {"linear": (), "delta": ("beta",), "swla": ("a", "b", "c"), "dla": ("lr",),
            "titans": ("lr", "momentum", "decay")}
+# Deep memories: scalar = scale * sigmoid(x W + bias). Chunked test-time gradient steps diverge
+# when lr / (1 - momentum) is large: with both at 0.5 Titans gave NaN at initialisation on
+# 128-token MQAR (measured), so the inner lr is capped at 0.1 and the momentum at 0.5; decay
+# starts at sigmoid(5) = 0.993 per token (0.5 would forget a pair within a few tokens).
+DEEP_SCALARS = {"lr": (0.0, 0.1), "momentum": (0.0, 0.5), "decay": (5.0, 1.0)}    # name: (bias, scale)
 
 
 class ShortConv(nn.Module):
@@ -92,7 +97,8 @@ class MemoryLayer(Mixer):
 
     caching: None (plain memory) or a dict of ``memory_caching`` options, e.g.
     ``dict(variant="grm", segment_len=8, mode="independent")``; a connector u = x W_u is added.
-    Feature maps: elu+1 for linear/SWLA, L2-normalised q, k for delta and deep memories.
+    Feature maps: elu+1 for linear/SWLA, L2-normalised q, k for delta and deep memories (and v
+    for deep memories, whose per-token scalars are bounded: see DEEP_SCALARS).
     Each head's output is RMS-normalised before the output projection."""
 
     def __init__(self, d_model, n_heads=2, head_dim=16, memory="linear", caching=None, conv=4,
@@ -101,6 +107,12 @@ class MemoryLayer(Mixer):
         self.memory, self.caching = memory, dict(caching) if caching else None
         self.scalars = SCALARS[memory] + (("decay",) if memory == "linear" and decay else ())
         self.scalar_proj = nn.Linear(d_model, len(self.scalars) * n_heads) if self.scalars else None
+        deep = memory in ("dla", "titans")
+        bias_scale = [DEEP_SCALARS[n] if deep else (0.0, 1.0) for n in self.scalars]
+        self.register_buffer("scalar_scale", torch.tensor([b for _, b in bias_scale])[:, None], persistent=False)
+        if deep:
+            with torch.no_grad():
+                self.scalar_proj.bias.add_(torch.tensor([a for a, _ in bias_scale]).repeat_interleave(n_heads))
         self.settings = {"chunk_size": chunk_size}
         self.scale = None                                                   # K ** -0.5
         if memory in ("dla", "titans"):
@@ -117,9 +129,11 @@ class MemoryLayer(Mixer):
             q, k = F.elu(q) + 1, F.elu(k) + 1
         else:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.memory in ("dla", "titans"):
+            v = F.normalize(v, dim=-1)                                      # bounded regression targets
         opts = self._settings()
         if self.scalar_proj is not None:
-            s = torch.sigmoid(self.scalar_proj(x)).unflatten(-1, (len(self.scalars), self.H))  # [B, T, S, H]
+            s = torch.sigmoid(self.scalar_proj(x)).unflatten(-1, (len(self.scalars), self.H)) * self.scalar_scale
             opts.update(zip(self.scalars, s.unbind(2)))
         return q, k, v, u, opts, past
 

@@ -1,0 +1,127 @@
+"""Train a tiny language model on MQAR and evaluate it; results come back as plain data (dicts of
+numbers and strings, ready for ``json.dump``).
+
+    result = train("linear-grm", steps=1000, num_kv_pairs=32, seed=0)
+    result["accuracy"], result["eval"], result["history"], result["train_seconds"]
+
+Recipe (../shared/design/experiments.md): AdamW lr 1e-2, betas (0.9, 0.98), weight decay 0.1 on
+weight matrices only, 50 warm-up steps then cosine to 0.1x, gradient clipping 1.0, a fresh batch
+of MQAR sequences every step. Runs on the GPU when there is one, else on the CPU.
+"""
+import math
+import random
+import time
+
+import torch
+
+from .data import accuracy, mqar
+from .layers import tiny_lm
+
+EVAL_SEED = 1 << 40                       # held-out sequences come from seeds no training batch uses
+
+
+def set_seed(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def lr_at(step, steps, lr=1e-2, warmup=50, final=0.1):
+    """Linear warm-up over ``warmup`` steps, then cosine from lr down to final * lr at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - 1 - warmup)
+    return lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def make_optimizer(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98)):
+    """AdamW; weight decay on weight matrices only (not on norms, biases, convolution taps)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "conv" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "conv" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def evaluate(model, seq_len=128, num_kv_pairs=32, n=1000, vocab_size=256, seed=EVAL_SEED,
+             batch_size=250, device=None):
+    """Accuracy (mean over answer positions) and loss on ``n`` held-out MQAR sequences."""
+    device = device or next(model.parameters()).device
+    inputs, labels = mqar(n, seq_len, num_kv_pairs, vocab_size, seed=seed + 7919 * seq_len + num_kv_pairs)
+    was_training, hits, loss, count = model.training, 0.0, 0.0, 0
+    model.eval()
+    for a in range(0, n, batch_size):
+        x, y = inputs[a:a + batch_size].to(device), labels[a:a + batch_size].to(device)
+        batch_loss, logits = model(x, y)
+        m = int((y != -100).sum())
+        hits, loss, count = hits + accuracy(logits, y) * m, loss + batch_loss.item() * m, count + m
+    model.train(was_training)
+    return {"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "accuracy": hits / count, "loss": loss / count}
+
+
+def batch(step, batch_size, seq_len, pairs, vocab_size, seed):
+    """The training batch of ``step``: split evenly between the settings in ``pairs`` (a mixture)."""
+    n = len(pairs)
+    parts = [mqar(batch_size // n + (i < batch_size % n), seq_len, p, vocab_size,
+                  seed=(seed * 1_000_003 + step) * 64 + i) for i, p in enumerate(pairs)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def train(model="linear", *, steps=1000, batch_size=32, seq_len=128, num_kv_pairs=32, vocab_size=256,
+          lr=1e-2, warmup=50, weight_decay=0.1, clip=1.0, seed=0, evals=None, eval_n=1000,
+          log_every=100, eval_every=None, threads=None, device=None, verbose=True, name=None, **model_options):
+    """Train a preset name (``tiny_lm(model, **model_options)``, built after seeding) or a given
+    ``nn.Module`` in place. ``num_kv_pairs`` may be a list: every batch is split evenly between
+    its settings (a mixture, as in Zoology). ``evals``: [(seq_len, num_kv_pairs), ...] evaluated at the end
+    (default: every training setting). ``threads``: torch.set_num_threads for this run.
+
+    Returns a dict: config, params, state_size, accuracy (mean over evals), eval (one dict per
+    setting), history (step, loss, batch accuracy, lr, seconds; plus eval accuracy every
+    ``eval_every`` steps), train_seconds, device."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = device or default_device()
+    set_seed(seed)
+    name = name or (model if isinstance(model, str) else type(model).__name__)
+    if isinstance(model, str):
+        model = tiny_lm(model, vocab_size=vocab_size, **model_options)
+    model = model.to(device).train()
+    pairs = list(num_kv_pairs) if isinstance(num_kv_pairs, (list, tuple)) else [num_kv_pairs]
+    evals = [tuple(e) for e in evals] if evals is not None else [(seq_len, p) for p in dict.fromkeys(pairs)]
+    opt = make_optimizer(model, lr, weight_decay)
+    config = dict(model=name, steps=steps, batch_size=batch_size, seq_len=seq_len, num_kv_pairs=pairs,
+                  vocab_size=vocab_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip=clip,
+                  seed=seed, eval_n=eval_n, model_options={k: v for k, v in model_options.items()})
+    history, start = [], time.perf_counter()
+    for step in range(steps):
+        x, y = batch(step, batch_size, seq_len, pairs, vocab_size, seed)
+        x, y = x.to(device), y.to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        loss, logits = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        last = step == steps - 1
+        if (step + 1) % log_every == 0 or last or (eval_every and (step + 1) % eval_every == 0):
+            row = dict(step=step + 1, loss=loss.item(), batch_accuracy=accuracy(logits, y),
+                       lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
+            if eval_every and (step + 1) % eval_every == 0 and not last:
+                row["eval_accuracy"] = evaluate(model, *evals[-1], n=eval_n, vocab_size=vocab_size)["accuracy"]
+            history.append(row)
+            if verbose:
+                extra = f"  eval {row['eval_accuracy']:.1%}" if "eval_accuracy" in row else ""
+                print(f"{name:>22}  seed {seed}  step {step + 1:5d}/{steps}  loss {row['loss']:.3f}  "
+                      f"batch acc {row['batch_accuracy']:6.1%}{extra}  {row['seconds']:6.1f}s", flush=True)
+    train_seconds = time.perf_counter() - start
+    results = [evaluate(model, s, p, n=eval_n, vocab_size=vocab_size) for s, p in evals]
+    if verbose:
+        print(f"{name:>22}  seed {seed}  " + "  ".join(f"acc@{r['num_kv_pairs']}kv/T{r['seq_len']} "
+              f"{r['accuracy']:.1%}" for r in results) + f"  ({train_seconds:.0f}s)", flush=True)
+    return dict(config=config, params=sum(p.numel() for p in model.parameters()),
+                state_size=model.state_size(seq_len), accuracy=sum(r["accuracy"] for r in results) / len(results),
+                eval=results, history=history, train_seconds=train_seconds, device=str(device))

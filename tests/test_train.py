@@ -1,0 +1,131 @@
+"""Trainer: schedule, optimiser groups, a smoke test that beats chance, results as plain JSON data,
+and the schema of the sweep's JSON files (scripts/experiments.py)."""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from minimc.layers import tiny_lm
+from minimc.train import evaluate, lr_at, make_optimizer, train
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_schedule_warmup_then_cosine_to_a_tenth():
+    assert lr_at(0, 1000) == pytest.approx(1e-2 / 50)
+    assert lr_at(49, 1000) == pytest.approx(1e-2)
+    assert lr_at(999, 1000) == pytest.approx(1e-3)
+    lrs = [lr_at(s, 1000) for s in range(50, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_weight_decay_on_matrices_only():
+    model = tiny_lm("linear-grm")
+    decay, rest = make_optimizer(model).param_groups
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert any("norm" in names[id(p)] for p in rest["params"]) and any("conv" in names[id(p)] for p in rest["params"])
+
+
+@pytest.mark.timeout(120)
+def test_smoke_training_beats_chance():
+    """A few seconds of training on a small MQAR: far above chance (1 / 16 values)."""
+    r = train("attention", steps=120, batch_size=32, seq_len=32, num_kv_pairs=4, vocab_size=32,
+              eval_n=200, threads=1, device="cpu", verbose=False, warmup=20)
+    assert r["accuracy"] > 0.5, r["eval"]
+
+
+def test_results_are_plain_json_data():
+    r = train("linear", steps=3, batch_size=4, seq_len=32, num_kv_pairs=[2, 4], vocab_size=32, eval_n=8,
+              log_every=1, eval_every=2, threads=1, device="cpu", verbose=False)
+    back = json.loads(json.dumps(r))
+    assert back == r
+    assert set(r) == {"config", "params", "state_size", "accuracy", "eval", "history", "train_seconds", "device"}
+    assert r["config"]["num_kv_pairs"] == [2, 4] and r["config"]["model"] == "linear"
+    assert [(e["seq_len"], e["num_kv_pairs"]) for e in r["eval"]] == [(32, 2), (32, 4)]
+    assert all(0 <= e["accuracy"] <= 1 and math.isfinite(e["loss"]) for e in r["eval"])
+    assert [h["step"] for h in r["history"]] == [1, 2, 3] and "eval_accuracy" in r["history"][1]
+    assert r["state_size"] == tiny_lm("linear", vocab_size=32).state_size(32)
+
+
+def test_training_is_seeded():
+    kw = dict(steps=4, batch_size=4, seq_len=32, num_kv_pairs=4, vocab_size=32, eval_n=16, threads=1,
+              device="cpu", verbose=False)
+    a, b = train("linear-grm", seed=1, **kw), train("linear-grm", seed=1, **kw)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_deep_memory_is_finite_on_long_sequences():
+    """Titans' chunked test-time gradient steps diverged (NaN at initialisation, T = 128) before
+    the inner lr and momentum were bounded (layers.DEEP_SCALARS)."""
+    from minimc.train import batch
+    x, y = batch(0, 4, 1024, [64], 256, seed=0)
+    for preset in ("titans", "titans-grm"):
+        torch.manual_seed(0)
+        loss, _ = tiny_lm(preset, expansion=1)(x, y)
+        assert torch.isfinite(loss), preset
+    torch.manual_seed(0)
+    layer = tiny_lm("titans").blocks[0].mixer
+    *_, opts, _ = layer._inputs(torch.randn(2, 16, 32) * 10)
+    assert opts["lr"].max() <= 0.1 and opts["momentum"].max() <= 0.5 and opts["decay"].max() <= 1
+
+
+def test_evaluate_restores_training_mode():
+    model = tiny_lm("linear", vocab_size=32).train()
+    r = evaluate(model, seq_len=32, num_kv_pairs=4, n=10, vocab_size=32)
+    assert model.training and set(r) == {"seq_len", "num_kv_pairs", "accuracy", "loss"}
+
+
+def _experiments():
+    spec = importlib.util.spec_from_file_location("experiments", os.path.join(ROOT, "scripts", "experiments.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SCHEMA = {  # file -> keys every results folder must have (what the book and README read)
+    "recall.json": {"runs", "table", "claim", "size", "seconds"},
+    "state_size.json": {"runs", "points", "claim", "size", "seconds"},
+    "deep.json": {"runs", "table", "options", "claim", "size", "seconds"},
+    "segment_len.json": {"runs", "rows", "claim", "size", "seconds"},
+    "extrapolation.json": {"rows", "train_seq_len", "num_kv_pairs", "mode", "claim", "size", "seconds"},
+    "cost.json": {"rows", "exponents", "exponent_lengths", "by_segment_len", "segment_len_exponent", "batch", "note",
+                  "claim", "size", "seconds"},
+    "summary.json": {"command", "size", "claims", "wall_seconds", "machine", "torch", "git", "sizes"},
+}
+
+
+def check_schema(folder):
+    meta = json.load(open(os.path.join(folder, "summary.json")))
+    assert SCHEMA["summary.json"] <= set(meta)
+    for claim in meta["sizes"]["claims"]:
+        data = json.load(open(os.path.join(folder, claim + ".json")))
+        assert SCHEMA[claim + ".json"] <= set(data), f"{claim}.json lacks {SCHEMA[claim + '.json'] - set(data)}"
+        assert os.path.exists(os.path.join(folder, claim + ".png")), claim
+    recall = json.load(open(os.path.join(folder, "recall.json")))
+    for model, row in recall["table"].items():
+        assert all(len(v) == 2 and 0 <= v[0] <= 1 for v in row.values()), model     # [mean, std]
+    for r in recall["runs"]:
+        assert {"config", "eval", "accuracy", "state_size", "train_seconds"} <= set(r)
+    cost = json.load(open(os.path.join(folder, "cost.json")))
+    assert all({"model", "seq_len", "seconds", "saved_mib"} <= set(r) for r in cost["rows"])
+    assert os.path.exists(os.path.join(folder, "summary.md"))
+
+
+@pytest.mark.timeout(240)
+def test_sweep_writes_results_with_the_schema(tmp_path):
+    """The sweep end to end at a smoke size (a few training steps, short lengths)."""
+    _experiments().main(["--size", "smoke", "--out", str(tmp_path)])
+    check_schema(str(tmp_path))
+
+
+@pytest.mark.parametrize("size", ["full", "quick"])
+def test_committed_results_have_the_schema(size):
+    folder = os.path.join(ROOT, "results", size)
+    if not os.path.exists(os.path.join(folder, "summary.json")):
+        pytest.skip(f"results/{size} not generated")
+    check_schema(folder)

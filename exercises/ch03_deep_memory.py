@@ -1,0 +1,49 @@
+"""Chapter 3 exercises: a deep memory that learns at test time.
+
+The memory is a small MLP with a residual connection, M(x) = x + gelu(x @ W2) @ W1 (row vectors,
+minimc's convention), with per (batch, head) weights W1 [B, H, E, K] and W2 [B, H, K, E]
+(E = 4K in minimc's layers, but any E works here). Its state is the tuple (W1, W2, m1, m2): the
+weights and their momentum. GELU is PyTorch's default (exact) one, gelu(z) = z Phi(z), whose
+derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and density).
+
+1. ``dla_gradient``: the closed-form gradient of DLA's inner loss (Eq. 30) for one token.
+2. ``titans_step``: one token of Titans (Eq. 34-36), gradient descent with momentum and decay.
+
+Grade:  python scripts/grade.py --chapter 3     (or: python -m pytest tests/exercises/test_ch03_deep_memory.py)
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def dla_gradient(W1, W2, k, v):
+    """Gradient of DLA's inner loss l = -<M(k), v> with respect to W1 and W2, for one token.
+
+    W1 [B, H, E, K], W2 [B, H, K, E], k [B, H, K], v [B, H, K] -> (dW1 [B, H, E, K], dW2 [B, H, K, E]).
+    With z = k @ W2 [E], h = gelu(z) [E], M(k) = k + h @ W1 and delta = dl/dM(k) = -v [K]:
+        dW1 = outer(h, delta)                                   [E, K]
+        dW2 = outer(k, (delta @ W1^T) * gelu'(z))               [K, E],  gelu'(z) = Phi(z) + z phi(z)
+    (per batch and head). Write it in closed form: no autograd.
+    Worked example (B = H = 1, K = E = 1): W1 = 1, W2 = 0, k = 2, v = 3 gives z = 0, h = 0,
+    gelu'(0) = 1/2, so dW1 = 0 and dW2 = 2 * (-3 * 1 * 1/2) = -3.
+    """
+    raise NotImplementedError("dla_gradient")
+
+
+def titans_step(state, k, v, lr, momentum, decay):
+    """One token of Titans (Eq. 34-36), with gradient descent (not ascent): the new state (W1, W2, m1, m2).
+
+    state = (W1 [B, H, E, K], W2 [B, H, K, E], m1 [B, H, E, K], m2 [B, H, K, E]);
+    k, v [B, H, K]; lr, momentum, decay [B, H] (one number per batch and head).
+    Inner loss l(theta) = ||M_theta(k) - v||^2 with M(x) = x + gelu(x @ W2) @ W1, its gradient
+    g = (gW1, gW2) taken at the OLD weights (delta = dl/dM(k) = 2 (M(k) - v), then as in
+    dla_gradient), and
+        m_new     = momentum * m + lr * g
+        theta_new = decay * theta - m_new
+    for both weights. Return (W1_new, W2_new, m1_new, m2_new), same shapes as the input state.
+    Worked example (B = H = 1, K = E = 1): W1 = 1, W2 = 0, m = 0, k = 2, v = 3, lr = 0.1,
+    momentum = 0.9, decay = 1: M(k) = 2, delta = -2, gW1 = 0, gW2 = 2 * (-2 * 1/2) = -2, so the new
+    state is W1 = 1, W2 = 0.2, m1 = 0, m2 = -0.2.
+    """
+    raise NotImplementedError("titans_step")

@@ -256,8 +256,9 @@ def figures(res, out):
         for i, n in enumerate(DEEP):
             m, s = pm(res["deep"]["table"], n)
             ax.bar([j + 0.27 * (i - 1) for j in range(len(EVAL_KV))], m, 0.27, yerr=s, capsize=3, label=n, color=colour(n))
+        ax.axhline(1 / 128, color="gray", ls=":", label="chance (1/128)")
         ax.set(xticks=range(len(EVAL_KV)), xticklabels=EVAL_KV, xlabel="key-value pairs", ylabel="accuracy",
-               title="Deep memory (Titans): plain, GRM, Memory Soup")
+               ylim=(0, 1), title="Deep memory (Titans): plain, GRM, Memory Soup")
         ax.legend(), save(fig, "deep.png")
     if "segment_len" in res and res["segment_len"]["rows"]:
         rows = res["segment_len"]["rows"]
@@ -312,17 +313,19 @@ def figures(res, out):
 # ---------------------------------------------------------------------------------------- summary
 def summary(res):
     lines = []
+    over = lambda n: f"mean ± std over {n} seeds" if n > 1 else "1 seed"       # noqa: E731
+    pm = lambda m, s, n: f"{m:.1%} ± {s:.1%}" if n > 1 else f"{m:.1%}"          # noqa: E731
     if "recall" in res:
         n_seeds = len(res["recall"]["runs"]) // len(RECALL)
-        lines += [f"Recall (accuracy, mean ± std over {n_seeds} seed(s)); trained on 8/16/32 pairs, T = 128", "",
+        lines += [f"Recall (accuracy, {over(n_seeds)}); trained on 8/16/32 pairs, T = 128", "",
                   "| model | " + " | ".join(f"{kv} pairs" for kv in EVAL_KV) + " |", "|---|" + "---|" * len(EVAL_KV)]
-        lines += [f"| {n} | " + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in t.values()) + " |"
+        lines += [f"| {n} | " + " | ".join(pm(m, s, n_seeds) for m, s in t.values()) + " |"
                   for n, t in res["recall"]["table"].items()]
     if "deep" in res and res["deep"]["runs"]:
         n_seeds = len(res["deep"]["runs"]) // len(DEEP)
-        lines += ["", f"Deep memory (Titans, expansion 1; mean ± std over {n_seeds} seed(s))", "",
+        lines += ["", f"Deep memory (Titans, expansion 1; {over(n_seeds)})", "",
                   "| model | " + " | ".join(f"{kv} pairs" for kv in EVAL_KV) + " |", "|---|" + "---|" * len(EVAL_KV)]
-        lines += [f"| {n} | " + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in t.values()) + " |"
+        lines += [f"| {n} | " + " | ".join(pm(m, s, n_seeds) for m, s in t.values()) + " |"
                   for n, t in res["deep"]["table"].items()]
     if "state_size" in res:
         lines += ["", "Accuracy at 32 pairs vs state size (mean over the seeds run; n = number of seeds)", "",
@@ -346,13 +349,14 @@ def summary(res):
     if "extrapolation" in res:
         rows = res["extrapolation"]["rows"]
         Ls = sorted({r["seq_len"] for r in rows})
-        lines += ["", "Length extrapolation, 32 pairs (trained at T = 128; mean ± std over seeds)", "",
+        lines += ["", "Length extrapolation, 32 pairs (trained at T = 128; mean ± std over the seeds)", "",
                   "| model | caching at inference | " + " | ".join(f"T={L}" for L in Ls) + " |",
                   "|---|---|" + "---|" * len(Ls)]
         for key in dict.fromkeys((r["model"], r["caching"]) for r in rows):
             cells = [mean_std([r["accuracy"] for r in rows if (r["model"], r["caching"]) == key and r["seq_len"] == L])
                      for L in Ls]
-            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in cells) + " |")
+            n_seeds = len({r["seed"] for r in rows})
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(pm(m, s, n_seeds) for m, s in cells) + " |")
     if "cost" in res:
         c = res["cost"]
         Ls = sorted({r["seq_len"] for r in c["rows"]})

@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 
 # `timeout` wraps the notebook run in CI (one run was seen to hang); skipped where absent (macOS).
 TIMEOUT := $(shell command -v timeout >/dev/null 2>&1 && echo timeout 3600)
-CELL_TIMEOUT ?= 300
+CELL_TIMEOUT ?= 600
 IMPL    ?= solutions
 
 .PHONY: all venv book test test-unit test-exercises test-notebooks grade lab screenshots bench clean

@@ -204,15 +204,18 @@ def claim_extrapolation(size, models, kv=32):
 
 
 # ---------------------------------------------------------------------------------------- figures
-def figures(res, out):
-    import matplotlib
-    matplotlib.use("Agg")
+def figures(res, out=None, claims=None):
+    """Draw one figure per claim in ``res`` (or only ``claims``): saved as ``out/<claim>.png`` and
+    closed when ``out`` is given; otherwise left open, so a notebook shows them inline."""
     import matplotlib.pyplot as plt
+    draw = [c for c in res if claims is None or c in claims]
 
     def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=120)
-        plt.close(fig)
+        if fig.get_layout_engine() is None:          # the book's style already lays figures out
+            fig.tight_layout()
+        if out is not None:
+            fig.savefig(os.path.join(out, name), dpi=120)
+            plt.close(fig)
 
     def logx(ax, ticks):
         ax.set_xscale("log")
@@ -222,7 +225,7 @@ def figures(res, out):
     def pm(table, n):
         return [table[n][str(kv)][0] for kv in EVAL_KV], [table[n][str(kv)][1] for kv in EVAL_KV]
 
-    if "recall" in res:
+    if "recall" in draw:
         fig, ax = plt.subplots(figsize=(6, 4))
         for n in RECALL:
             m, s = pm(res["recall"]["table"], n)
@@ -232,7 +235,7 @@ def figures(res, out):
         ax.set(xlabel="key-value pairs (T = 128)", ylabel="accuracy",
                title=f"MQAR recall (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else "MQAR recall (1 seed)")
         ax.legend(), save(fig, "recall.png")
-    if "state_size" in res:
+    if "state_size" in draw:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         pts = {}                                           # (family, label) -> (state size, [accuracies])
         for p in res["state_size"]["points"]:
@@ -251,7 +254,7 @@ def figures(res, out):
         ax.set(xscale="log", xlabel="state size at T = 128 (numbers held between tokens)", ylabel="accuracy, 32 pairs",
                title="Accuracy vs state size (GRM: K = 16, C = 8 unless marked)")
         ax.legend(fontsize=8, loc="lower right"), save(fig, "state_size.png")
-    if "deep" in res and res["deep"]["runs"]:
+    if "deep" in draw and res["deep"]["runs"]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, n in enumerate(DEEP):
             m, s = pm(res["deep"]["table"], n)
@@ -260,7 +263,7 @@ def figures(res, out):
         ax.set(xticks=range(len(EVAL_KV)), xticklabels=EVAL_KV, xlabel="key-value pairs", ylabel="accuracy",
                ylim=(0, 1), title="Deep memory (Titans): plain, GRM, Memory Soup")
         ax.legend(), save(fig, "deep.png")
-    if "segment_len" in res and res["segment_len"]["rows"]:
+    if "segment_len" in draw and res["segment_len"]["rows"]:
         rows = res["segment_len"]["rows"]
         Cs = [r["segment_len"] for r in rows]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -283,7 +286,7 @@ def figures(res, out):
                    title="Cost vs segment length (O(L^2 / C) reads)")
             a2.legend(fontsize=8)
         save(fig, "segment_len.png")
-    if "extrapolation" in res:
+    if "extrapolation" in draw:
         rows = res["extrapolation"]["rows"]
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in dict.fromkeys((r["model"], r["caching"]) for r in rows):
@@ -296,7 +299,7 @@ def figures(res, out):
         ax.set(xlabel="evaluation length (trained at 128), 32 pairs", ylabel="accuracy",
                title="Post-training caching and length extrapolation")
         ax.legend(fontsize=7, loc="lower left"), save(fig, "extrapolation.png")
-    if "cost" in res:
+    if "cost" in draw:
         rows, ex = res["cost"]["rows"], res["cost"]["exponents"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, key, label in zip(axes, ("seconds", "saved_mib"), ("forward + backward, s", "saved for backward, MiB")):
@@ -443,4 +446,6 @@ def _git(*args):
 
 
 if __name__ == "__main__":
+    import matplotlib
+    matplotlib.use("Agg")                  # files only, no window
     main()

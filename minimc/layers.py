@@ -227,7 +227,7 @@ class TinyLM(nn.Module):
         return sum(b.mixer.state_size(T) for b in self.blocks)
 
 
-# Tiny named presets (the MQAR set-up of ../shared/design/experiments.md): 1 layer, d 32, 2 heads of 16.
+# Tiny named presets (the MQAR set-up of results/README.md): 1 layer, d 32, 2 heads of 16.
 _BASE = dict(d_model=32, n_layers=1, n_heads=2, head_dim=16)
 PRESETS = {
     "attention": dict(_BASE, mixer="attention"),

@@ -4,7 +4,7 @@ numbers and strings, ready for ``json.dump``).
     result = train("linear-grm", steps=1000, num_kv_pairs=32, seed=0)
     result["accuracy"], result["eval"], result["history"], result["train_seconds"]
 
-Recipe (../shared/design/experiments.md): AdamW lr 1e-2, betas (0.9, 0.98), weight decay 0.1 on
+Recipe (results/README.md, "Set-up"): AdamW lr 1e-2, betas (0.9, 0.98), weight decay 0.1 on
 weight matrices only, 50 warm-up steps then cosine to 0.1x, gradient clipping 1.0, a fresh batch
 of MQAR sequences every step. Runs on the GPU when there is one, else on the CPU.
 """

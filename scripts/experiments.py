@@ -288,7 +288,7 @@ def figures(res, out=None, claims=None):
         save(fig, "segment_len.png")
     if "extrapolation" in draw:
         rows = res["extrapolation"]["rows"]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         for key in dict.fromkeys((r["model"], r["caching"]) for r in rows):
             Ls = sorted({r["seq_len"] for r in rows})
             ms = [mean_std([r["accuracy"] for r in rows if (r["model"], r["caching"]) == key and r["seq_len"] == L]) for L in Ls]
@@ -298,7 +298,7 @@ def figures(res, out=None, claims=None):
         logx(ax, Ls)
         ax.set(xlabel="evaluation length (trained at 128), 32 pairs", ylabel="accuracy",
                title="Post-training caching and length extrapolation")
-        ax.legend(fontsize=7, loc="lower left"), save(fig, "extrapolation.png")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5)), save(fig, "extrapolation.png")
     if "cost" in draw:
         rows, ex = res["cost"]["rows"], res["cost"]["exponents"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

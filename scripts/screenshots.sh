@@ -34,7 +34,7 @@ for page in "${pages[@]}"; do
     --screenshot="$OUT/$page-full.png" "file://$PWD/$HTML/$page.html" >/dev/null 2>&1 || true
   # Chromium's own background traffic (google.com) is not the page's; anything else is.
   remote=$(grep -oE '"https?://[^"]+' "$profile/net.json" 2>/dev/null | tr -d '"' |
-           grep -vE '^https?://([a-z0-9-]+\.)*google\.com' | sort -u || true)
+           grep -vE '^https?://([a-z0-9-]+\.)*(google|googleapis)\.com' | sort -u || true)
   if [ -n "$remote" ]; then echo "$page: requests from the internet:"; echo "$remote"; status=1; fi
   "$PY" - "$OUT/$page-full.png" <<'EOF'
 import sys

@@ -80,6 +80,7 @@ def static_interact(fn, **widgets):
 
     w = ipywidgets.interactive(draw, **widgets)  # runs fn once with the defaults
     for control in w.kwargs_widgets:
+        control.style.description_width = "initial"       # the whole label, not "segment_..."
         if hasattr(control, "continuous_update"):
             control.continuous_update = False
     bundle = w._repr_mimebundle_()

@@ -203,6 +203,14 @@ def claim_extrapolation(size, models, kv=32):
     return dict(rows=rows, train_seq_len=T, num_kv_pairs=kv, mode="checkpoint")
 
 
+def extrapolation_table(rows):
+    """{(model, caching): {length: (mean, std) over seeds}}, rows in the order they first appear."""
+    table = {}
+    for r in rows:
+        table.setdefault((r["model"], r["caching"]), {}).setdefault(r["seq_len"], []).append(r["accuracy"])
+    return {key: {L: mean_std(accs) for L, accs in sorted(by_len.items())} for key, by_len in table.items()}
+
+
 # ---------------------------------------------------------------------------------------- figures
 def figures(res, out=None, claims=None):
     """Draw one figure per claim in ``res`` (or only ``claims``): saved as ``out/<claim>.png`` and
@@ -289,9 +297,8 @@ def figures(res, out=None, claims=None):
     if "extrapolation" in draw:
         rows = res["extrapolation"]["rows"]
         fig, ax = plt.subplots(figsize=(8, 4))
-        for key in dict.fromkeys((r["model"], r["caching"]) for r in rows):
-            Ls = sorted({r["seq_len"] for r in rows})
-            ms = [mean_std([r["accuracy"] for r in rows if (r["model"], r["caching"]) == key and r["seq_len"] == L]) for L in Ls]
+        for key, by_len in extrapolation_table(rows).items():
+            Ls, ms = list(by_len), list(by_len.values())
             style = "-" if key[0] == "linear" else ":"
             ax.errorbar(Ls, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", ls=style, capsize=3,
                         label=f"{key[0]} ({key[1]})", color=POST.get(key[1]) or colour(key[0]))
@@ -355,11 +362,9 @@ def summary(res):
         lines += ["", "Length extrapolation, 32 pairs (trained at T = 128; mean ± std over the seeds)", "",
                   "| model | caching at inference | " + " | ".join(f"T={L}" for L in Ls) + " |",
                   "|---|---|" + "---|" * len(Ls)]
-        for key in dict.fromkeys((r["model"], r["caching"]) for r in rows):
-            cells = [mean_std([r["accuracy"] for r in rows if (r["model"], r["caching"]) == key and r["seq_len"] == L])
-                     for L in Ls]
-            n_seeds = len({r["seed"] for r in rows})
-            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(pm(m, s, n_seeds) for m, s in cells) + " |")
+        n_seeds = len({r["seed"] for r in rows})
+        for key, by_len in extrapolation_table(rows).items():
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(pm(m, s, n_seeds) for m, s in by_len.values()) + " |")
     if "cost" in res:
         c = res["cost"]
         Ls = sorted({r["seq_len"] for r in c["rows"]})

@@ -6,11 +6,18 @@
 1. book/_toc.yml lists the chapters present (book/NN_slug.ipynb or .md, in order; 00 is the root).
 2. MathJax 3, require.js and the ipywidgets HTML manager are copied from node_modules/ into
    book/_assets/ (git-ignored), which Sphinx serves as _static/: no page loads anything from a CDN.
-3. `jupyter-book build --all -W -n --keep-going book/` executes every notebook, unchanged ones
-   too (the library may have changed); any cell error or Sphinx warning fails the build.
-4. The built HTML is scanned for <script>/<link>/<img> tags that would load from the internet.
+3. Every chapter is executed here, each in a fresh kernel with cwd book/ (nbclient), into a
+   staging copy of the book (book/_build/src/). A cell error fails the build; so does a cell that
+   runs past the per-cell limit (CELL_LIMIT s, `make book CELL_LIMIT=...`), or whose reply or
+   outputs do not all arrive (a lost kernel message is an error, never a warning). The error
+   names the notebook and the cell. Each chapter's time is printed and written to
+   book/_build/timings.json.
+4. `jupyter-book build --all -W -n --keep-going` renders the staged, executed chapters (Sphinx
+   does not execute them again); any Sphinx warning fails the build.
+5. The built HTML is scanned for <script>/<link>/<img> tags that would load from the internet.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -19,11 +26,18 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 ASSETS = BOOK / "_assets"
 NODE = ROOT / "node_modules"
 HTML = BOOK / "_build" / "html"
+STAGE = BOOK / "_build" / "src"            # executed chapters + config: what Sphinx renders
+CELL_LIMIT = int(os.environ.get("CELL_LIMIT", 300))   # seconds; the slowest cell takes ~4 minutes
+IOPUB_WAIT = 30                            # seconds for a cell's last outputs after its reply
 
 # (source under node_modules/, destination under book/_assets/)
 COPIES = [("requirejs/require.js", "require.js"),
@@ -81,12 +95,77 @@ def remote_loads(html_dir=HTML):
     return found
 
 
+class _Client(NotebookClient):
+    """nbclient that remembers which cell it is running (for the error message) and its time."""
+
+    async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+        self.current, start = cell_index, time.perf_counter()
+        result = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+        self.cell_seconds[cell_index] = time.perf_counter() - start
+        return result
+
+
+def execute(page, env):
+    """Run one chapter in a fresh kernel (cwd book/); returns (notebook, seconds, cell seconds).
+    Raises SystemExit naming the notebook and cell when a cell fails, stalls or loses a message."""
+    nb = nbformat.read(page, as_version=4)
+    client = _Client(nb, timeout=CELL_LIMIT, iopub_timeout=IOPUB_WAIT, raise_on_iopub_timeout=True,
+                     kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
+    client.current, client.cell_seconds = None, {}
+    start = time.perf_counter()
+    old_env = dict(os.environ)
+    os.environ.update(env)                 # the kernel inherits this environment
+    try:
+        client.execute()
+    except (CellTimeoutError, DeadKernelError, CellExecutionError) as e:
+        cell = nb.cells[client.current] if client.current is not None else None
+        first = (cell.source.strip().splitlines() or [""])[0][:80] if cell else ""
+        why = {CellTimeoutError: f"did not finish within the per-cell limit of {CELL_LIMIT} s, or "
+                                 f"its reply or outputs were lost (waited {IOPUB_WAIT} s for them)",
+               DeadKernelError: "killed the kernel",
+               CellExecutionError: "raised an error"}[type(e)]
+        where = page.relative_to(ROOT) if page.is_relative_to(ROOT) else page
+        sys.exit(f"\nbuild_book: {where}, cell {client.current} ({first!r}) "
+                 f"{why}:\n{e}")
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    return nb, time.perf_counter() - start, client.cell_seconds
+
+
+def stage(pages, env):
+    """Execute every chapter into STAGE, next to the config, theme and assets Sphinx needs."""
+    shutil.rmtree(STAGE, ignore_errors=True)
+    STAGE.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(BOOK / name, STAGE / name)
+    for name in ("_theme", "_assets"):
+        shutil.copytree(BOOK / name, STAGE / name)
+    timings = {}
+    for page in pages:
+        if page.suffix != ".ipynb":
+            shutil.copy2(page, STAGE / page.name)
+            continue
+        print(f"executing {page.name} ...", end=" ", flush=True)
+        nb, seconds, cells = execute(page, env)
+        slowest = max(cells, key=cells.get) if cells else None
+        print(f"{seconds:6.1f} s" + (f"  (slowest cell {slowest}: {cells[slowest]:.1f} s)"
+                                      if slowest is not None else ""), flush=True)
+        nbformat.write(nb, STAGE / page.name)
+        timings[page.name] = round(seconds, 1)
+    (BOOK / "_build" / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    return timings
+
+
 def build():
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    timings = stage(chapters(), env)
+    print(f"executed {len(timings)} chapters in {sum(timings.values()):.0f} s", flush=True)
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", "--all", "-W", "-n", "--keep-going", str(BOOK)]
+    cmd = [str(jb), "build", "--all", "-W", "-n", "--keep-going", "--path-output", str(BOOK),
+           str(STAGE)]
     print("$", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}).returncode
 
 
 def main():

@@ -59,7 +59,8 @@ def test_readme_test_command_is_what_ci_runs():
 def test_book_infrastructure():
     """The book builds from _config.yml with local assets; no chapter file is misnamed."""
     config = (ROOT / "book" / "_config.yml").read_text()
-    assert "execute_notebooks: force" in config and "mathjax_path: mathjax/" in config
+    # scripts/build_book.py executes every chapter itself (per-cell limit, lost messages fail)
+    assert 'execute_notebooks: "off"' in config and "mathjax_path: mathjax/" in config
     assert not re.search(r"https?://", config), "book/_config.yml must not point at the internet"
     assert not (ROOT / "book" / "_static").exists(), "no book/_static/ (JB1 injects every .js in it)"
     for p in (ROOT / "book").glob("*.ipynb"):

@@ -1,9 +1,15 @@
-"""Input validation: bad input gets an error naming the argument, what it got and what was expected."""
+"""Argument checks: an error names the argument, what it got and what was expected.
+
+A leaf module: it imports nothing from minimc. Facts about a memory (its per-token options and
+their ranges) live on the memory's class and are handed to these functions.
+"""
+import math
+
 import torch
 
 
 def check_tensor(name, x, shape, names):
-    """x must be a floating tensor of rank len(names); shape entries that are None are free."""
+    """x: a floating tensor of rank len(names); entries of ``shape`` that are None are free."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -11,72 +17,72 @@ def check_tensor(name, x, shape, names):
     want = "[" + ", ".join(names) + "]"
     if x.dim() != len(names):
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)} (rank {x.dim()})")
-    for n, got, exp in zip(names, x.shape, shape):
+    for axis, got, exp in zip(names, x.shape, shape):
         if exp is not None and got != exp:
-            raise ValueError(f"{name} must have shape {want} = {tuple(s if s is not None else '?' for s in shape)}, "
-                             f"got {tuple(x.shape)} ({n} = {got}, expected {exp})")
+            expected = tuple("?" if s is None else s for s in shape)
+            raise ValueError(f"{name} must have shape {want} = {expected}, got {tuple(x.shape)} "
+                             f"({axis} = {got}, expected {exp})")
+
+
+def check_like(name, x, ref, ref_name="q"):
+    """x must have ref's dtype and device (nothing is converted silently)."""
+    if x.dtype != ref.dtype or x.device != ref.device:
+        raise TypeError(f"{name} must match {ref_name}'s dtype and device ({ref.dtype}, "
+                        f"{ref.device}), got ({x.dtype}, {x.device})")
 
 
 def check_finite(**tensors):
     """A NaN or Inf makes the sum non-finite: one cheap reduction, the exact test only then."""
     for name, x in tensors.items():
-        if isinstance(x, torch.Tensor) and not torch.isfinite(x.detach().sum()) and not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise ValueError(f"{name} contains NaN or Inf (first at index {bad}); "
+        if not isinstance(x, torch.Tensor) or torch.isfinite(x.detach().sum()):
+            continue
+        if not torch.isfinite(x).all():
+            first = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(f"{name} contains NaN or Inf (first at index {first}); "
                              "pass check_nan=False to skip this check")
 
 
 def check_choice(name, value, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:   # int, numpy int
+    """Python or numpy integers >= 1 (not bool, not float)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def check_memory_args(q, k, v, memory, options, check_nan=True):
-    """q, k: [B, T, H, K], v: [B, T, H, V], per-token options [B, T, H], deep weights [H, E, K]/[H, K, E]."""
-    from .memories import MEMORIES
-    check_choice("memory", memory, sorted(MEMORIES))
-    check_tensor("q", q, (None,) * 4, ("B", "T", "H", "K"))
-    B, T, H, K = q.shape
-    if T < 1:
-        raise ValueError(f"q must hold at least one token, got T = {T}")
-    check_tensor("k", k, q.shape, ("B", "T", "H", "K"))
-    check_tensor("v", v, (B, T, H, None), ("B", "T", "H", "V"))
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype or x.device != q.device:
-            raise TypeError(f"{name} must match q's dtype and device ({q.dtype}, {q.device}), got ({x.dtype}, {x.device})")
-    cls = MEMORIES[memory]
-    for name in getattr(cls, "func", cls).token_args:
-        if options.get(name) is not None:
-            check_tensor(name, options[name], (B, T, H), ("B", "T", "H"))
-    if memory in ("dla", "titans"):
-        if v.shape[-1] != K:
-            raise ValueError(f"memory={memory!r} maps keys to values through x + W1 gelu(W2 x): it needs "
-                             f"K == V, got K = {K}, V = {v.shape[-1]}")
-        w = options.get("weights")
-        if not (isinstance(w, (tuple, list)) and len(w) == 2):
-            raise ValueError(f"memory={memory!r} needs weights=(W1 [H, E, K], W2 [H, K, E]) "
-                             "(see minimc.init_deep_weights), got " + (type(w).__name__ if w is not None else "none"))
-        check_tensor("weights[0] (W1)", w[0], (H, None, K), ("H", "E", "K"))
-        check_tensor("weights[1] (W2)", w[1], (H, K, w[0].shape[1]), ("H", "K", "E"))
-    if check_nan:
-        check_finite(q=q, k=k, v=v, **{n: x for n, x in options.items() if isinstance(x, torch.Tensor)})
+def check_number(name, value, positive=True):
+    """A finite real number (a Python or numpy scalar), > 0 when ``positive``."""
+    ok = isinstance(value, (int, float)) or hasattr(value, "__float__")
+    if isinstance(value, (bool, torch.Tensor)) or not ok or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and float(value) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-def check_caching_args(q, k, v, u, memory, variant, segment_len, segmentation, mode, top_k, pool,
-                       options, check_nan=True):
-    from .caching import VARIANTS
-    check_choice("variant", variant, VARIANTS)
-    check_choice("segmentation", segmentation, ("constant", "log"))
-    check_choice("mode", mode, ("checkpoint", "independent"))
-    check_choice("pool", pool, ("mean", "sum"))
-    check_positive_int("segment_len", segment_len)
-    check_positive_int("top_k", top_k)
-    check_memory_args(q, k, v, memory, options, check_nan)
-    check_tensor("u", u, q.shape, ("B", "T", "H", "K"))
-    if check_nan:
-        check_finite(u=u)
+def check_range(name, x, interval):
+    """Every entry of x lies in ``interval``, written as in maths: "(0, 1]", "[0, inf)".
+    NaN is left to ``check_finite`` (or, with check_nan=False, to propagate)."""
+    lo, hi = (float(s) for s in interval[1:-1].split(","))
+    too_low = x < lo if interval[0] == "[" else x <= lo
+    too_high = x > hi if interval[-1] == "]" else x >= hi
+    bad = too_low | too_high                                    # False for NaN
+    if bad.any():
+        first = bad.nonzero()[0].tolist()
+        raise ValueError(f"{name} must lie in {interval}, got {x[tuple(first)].item():.4g} at "
+                         f"index {first}")
+
+
+def check_state(name, state, expected):
+    """An initial state: a tuple of tensors with the shapes, dtype and device of ``expected``."""
+    if not isinstance(state, (tuple, list)) or len(state) != len(expected):
+        raise ValueError(f"{name} must be a tuple of {len(expected)} tensors shaped "
+                         f"{[tuple(e.shape) for e in expected]}, got {type(state).__name__}"
+                         + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    for i, (s, e) in enumerate(zip(state, expected)):
+        if not isinstance(s, torch.Tensor) or s.shape != e.shape:
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"{name}[{i}] must have shape {tuple(e.shape)}, got {got}")
+        check_like(f"{name}[{i}]", s, e, "the memory's state")

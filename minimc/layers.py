@@ -8,17 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .caching import CachingStream, memory_caching, segment_bounds
-from .memories import init_deep_weights, make_memory, recurrent_memory
-
-# Per-token scalars each memory takes, all produced by sigmoid(x W) ([B, T, H]).
-SCALARS = {"linear": (), "delta": ("beta",), "swla": ("a", "b", "c"), "dla": ("lr",),
-           "titans": ("lr", "momentum", "decay")}
-# Deep memories: scalar = scale * sigmoid(x W + bias). Chunked test-time gradient steps diverge
-# when lr / (1 - momentum) is large: with both at 0.5 Titans gave NaN at initialisation on
-# 128-token MQAR (measured), so the inner lr is capped at 0.1 and the momentum at 0.5; decay
-# starts at sigmoid(5) = 0.993 per token (0.5 would forget a pair within a few tokens).
-DEEP_SCALARS = {"lr": (0.0, 0.1), "momentum": (0.0, 0.5), "decay": (5.0, 1.0)}    # name: (bias, scale)
-
+from .checks import check_choice, check_positive_int
+from .memories import MEMORIES, init_deep_weights, make_memory, recurrent_memory
 
 class ShortConv(nn.Module):
     """Causal depthwise convolution as shift-and-add: y_t = sum_j w_j x_{t-j} (cheaper than Conv1d)."""
@@ -67,9 +58,11 @@ class Attention(Mixer):
     """Causal softmax attention: O(L^2) time, a KV cache that grows with L."""
 
     def __init__(self, d_model, n_heads=2, head_dim=16, conv=4):
+        for name, x in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim)):
+            check_positive_int(name, x)
         super().__init__(d_model, n_heads, head_dim, conv)
 
-    def forward(self, x, return_info=False):
+    def forward(self, x):
         (q, k, v), _ = self.project(x)
         o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
         return self.out(o.transpose(1, 2).flatten(2))                       # [B, T, D]
@@ -97,69 +90,89 @@ class MemoryLayer(Mixer):
 
     caching: None (plain memory) or a dict of ``memory_caching`` options, e.g.
     ``dict(variant="grm", segment_len=8, mode="independent")``; a connector u = x W_u is added.
-    Feature maps: elu+1 for linear/SWLA, L2-normalised q, k for delta and deep memories (and v
-    for deep memories, whose per-token scalars are bounded: see DEEP_SCALARS).
-    Each head's output is RMS-normalised before the output projection."""
+    The memory's class says how q, k, v are prepared (``feature_map``: elu+1, or L2
+    normalisation; a deep memory's values are L2-normalised too) and how its per-token options
+    are made from x (``layer_scalars``: scale * sigmoid(x W + bias)). ``decay=True`` also learns
+    an optional decay (the linear memory's). Each head's output is RMS-normalised (Decision: the
+    paper's LayerNorm at the end of each deep-memory chunk, App. B, is not used) before the
+    output projection. ``chunk_size`` None: the memory's own default."""
 
     def __init__(self, d_model, n_heads=2, head_dim=16, memory="linear", caching=None, conv=4,
-                 decay=False, chunk_size=64, expansion=4):
+                 decay=False, chunk_size=None, expansion=4):
+        check_choice("memory", memory, MEMORIES)
+        for name, x in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim),
+                        ("expansion", expansion)):
+            check_positive_int(name, x)
         super().__init__(d_model, n_heads, head_dim, conv, extra=1 if caching else 0)
+        self.cls = cls = MEMORIES[memory]
+        if decay and not cls.optional_args:
+            raise ValueError(f"decay=True: memory={memory!r} has no optional decay (only "
+                             f"{[n for n, c in MEMORIES.items() if c.optional_args]} do)")
         self.memory, self.caching = memory, dict(caching) if caching else None
-        self.scalars = SCALARS[memory] + (("decay",) if memory == "linear" and decay else ())
+        if self.caching:
+            _check_caching_options(self.caching)
+        self.scalars = {n: init for n, init in cls.layer_scalars.items()
+                        if decay or n not in cls.optional_args}     # name: (bias, scale)
         self.scalar_proj = nn.Linear(d_model, len(self.scalars) * n_heads) if self.scalars else None
-        deep = memory in ("dla", "titans")
-        bias_scale = [DEEP_SCALARS[n] if deep else (0.0, 1.0) for n in self.scalars]
-        self.register_buffer("scalar_scale", torch.tensor([b for _, b in bias_scale])[:, None], persistent=False)
-        if deep:
+        if self.scalars:
+            bias, scale = (torch.tensor(x, dtype=torch.float32) for x in zip(*self.scalars.values()))
             with torch.no_grad():
-                self.scalar_proj.bias.add_(torch.tensor([a for a, _ in bias_scale]).repeat_interleave(n_heads))
-        self.settings = {"chunk_size": chunk_size}
-        self.scale = None                                                   # K ** -0.5
-        if memory in ("dla", "titans"):
-            self.w1, self.w2 = (nn.Parameter(w) for w in init_deep_weights(n_heads, head_dim, expansion))
-            self.settings["chunk_size"] = min(chunk_size, 16)
-            self.scale = 1.0                                                # q is unit-norm: read M(q) as is
+                self.scalar_proj.bias.add_(bias.repeat_interleave(n_heads))   # [n * H]
+            self.register_buffer("scalar_scale", scale[:, None], persistent=False)   # [n, 1]
+        self.settings = {} if chunk_size is None else {"chunk_size": chunk_size}
+        self.scale = None                                   # K ** -0.5
+        if cls.deep:
+            self.w1, self.w2 = (nn.Parameter(w) for w in init_deep_weights(n_heads, head_dim,
+                                                                            expansion))
+            self.scale = 1.0                                # q is unit-norm: read M(q) as is
         self.norm = nn.RMSNorm(head_dim)
 
-    def _inputs(self, x, past=None):
+    def inputs(self, x, past=None):
+        """x [B, T, D] -> q, k, v, u ([B, T, H, K]; u None without caching: u = q), the memory's
+        options (per-token [B, T, H] and settings) and the short convolution's new past."""
         heads, past = self.project(x, past)
         q, k, v = heads[:3]
-        u = heads[3] if len(heads) > 3 else None                            # no connector: u = q
-        if self.memory in ("linear", "swla"):
+        u = heads[3] if len(heads) > 3 else None
+        if self.cls.feature_map == "elu+1":
             q, k = F.elu(q) + 1, F.elu(k) + 1
         else:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        if self.memory in ("dla", "titans"):
-            v = F.normalize(v, dim=-1)                                      # bounded regression targets
-        opts = self._settings()
+        if self.cls.deep:
+            v = F.normalize(v, dim=-1)                      # bounded regression targets
+        opts = self.memory_settings()
         if self.scalar_proj is not None:
-            s = torch.sigmoid(self.scalar_proj(x)).unflatten(-1, (len(self.scalars), self.H)) * self.scalar_scale
+            s = torch.sigmoid(self.scalar_proj(x)).unflatten(-1, (len(self.scalars), self.H))
+            s = s * self.scalar_scale                       # [B, T, n, H]
             opts.update(zip(self.scalars, s.unbind(2)))
         return q, k, v, u, opts, past
 
     def forward(self, x, return_info=False):
-        q, k, v, u, opts, _ = self._inputs(x)
+        """x [B, T, D] -> [B, T, D] (and the caching info: gates, states, ... with return_info)."""
+        q, k, v, u, opts, _ = self.inputs(x)
+        info = None
         if self.caching:
-            res = memory_caching(q, k, v, u, memory=self.memory, return_info=return_info, scale=self.scale,
-                                 check_nan=False, **self.caching, **opts)
+            res = memory_caching(q, k, v, u, memory=self.memory, return_info=return_info,
+                                 scale=self.scale, check_nan=False, **self.caching, **opts)
             o, info = res if return_info else (res, None)
         else:
-            (o, _), info = recurrent_memory(q, k, v, self.memory, scale=self.scale, check_nan=False, **opts), None
-        y = self.out(self.norm(o).flatten(2))                               # [B, T, D]
+            o, _ = recurrent_memory(q, k, v, self.memory, scale=self.scale, check_nan=False,
+                                    **opts)
+        y = self.out(self.norm(o).flatten(2))                                 # [B, T, D]
         return (y, info) if return_info else y
 
     def state_size(self, T):
-        """Numbers held between tokens at length T: online state, cached states, their summaries."""
-        per_state = make_memory(self.memory, self._settings())[0].state_size(self.K, self.K)
+        """Numbers held between tokens at length T: online state, cached states, summaries."""
+        per_state = make_memory(self.memory, self.memory_settings())[0].state_size(self.K, self.K)
         if not self.caching:
             return self.H * per_state + self.conv_state()
         c = self.caching
         n = len(segment_bounds(T, c.get("segment_len", 64), c.get("segmentation", "constant"))) - 1
         return self.H * (per_state * (n + 1) + n * self.K) + self.conv_state()
 
-    def _settings(self):
+    def memory_settings(self):
+        """Settings handed to the memory: chunk_size if set, the deep memory's initial weights."""
         s = dict(self.settings)
-        if self.memory in ("dla", "titans"):
+        if self.cls.deep:
             s["weights"] = (self.w1, self.w2)
         return s
 
@@ -167,16 +180,27 @@ class MemoryLayer(Mixer):
         return _MemoryStream(self, seq_len)
 
 
+def _check_caching_options(caching):
+    allowed = {"variant", "segment_len", "segmentation", "mode", "top_k", "pool", "temperature",
+               "backend"}
+    unknown = sorted(set(caching) - allowed)
+    if unknown:
+        raise ValueError(f"caching options {unknown} are not memory_caching options; "
+                         f"allowed: {sorted(allowed)}")
+
+
 class _MemoryStream:
     def __init__(self, layer, seq_len):
-        c = layer.caching or {"segment_len": 1 << 62}                       # one segment: the plain memory
+        c = layer.caching or {"segment_len": 1 << 62}                      # one segment: plain
         self.layer, self.past = layer, None
-        self.cache = CachingStream(memory=layer.memory, seq_len=seq_len, scale=layer.scale, **c)
+        self.cache = CachingStream(memory=layer.memory, seq_len=seq_len, scale=layer.scale,
+                                   check_nan=False, **layer.memory_settings(), **c)
 
     def step(self, x):
-        """x: [B, 1, D] -> [B, 1, D]. (A stream updates token by token: deep memories use chunk_size 1.)"""
-        q, k, v, u, opts, self.past = self.layer._inputs(x, self.past)
-        o = self.cache.step(q, k, v, u, **{**opts, "chunk_size": 1})
+        """x: [B, 1, D] -> [B, 1, D], equal to the layer's output at this position."""
+        q, k, v, u, opts, self.past = self.layer.inputs(x, self.past)
+        per_token = {n: opts[n] for n in self.layer.scalars}
+        o = self.cache.step(q, k, v, u, **per_token)
         return self.layer.out(self.layer.norm(o).flatten(2))
 
 
@@ -194,6 +218,7 @@ class Block(nn.Module):
 
 def make_mixer(d_model, mixer="linear", **options):
     """mixer: 'attention' or a memory name (linear, delta, swla, dla, titans)."""
+    check_choice("mixer", mixer, ("attention", *MEMORIES))
     if mixer == "attention":
         return Attention(d_model, **options)
     return MemoryLayer(d_model, memory=mixer, **options)
@@ -203,6 +228,9 @@ class TinyLM(nn.Module):
     """Embedding -> n_layers x [norm -> mixer -> residual, norm -> MLP -> residual] -> norm -> head."""
 
     def __init__(self, vocab_size, d_model=32, n_layers=1, mixer="linear", mlp=4, **mixer_options):
+        for name, x in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
+                        ("mlp", mlp)):
+            check_positive_int(name, x)
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(d_model, mixer, **mixer_options), mlp)
@@ -213,6 +241,7 @@ class TinyLM(nn.Module):
     def forward(self, ids, targets=None):
         """ids: [B, T]. Without targets: logits [B, T, vocab]. With targets ([B, T], -100 = ignore):
         (loss, logits at the labelled positions only, which saves the head's time)."""
+        _check_ids(ids, targets, self.embed.num_embeddings)
         x = self.embed(ids)
         for block in self.blocks:
             x = block(x)
@@ -243,6 +272,20 @@ PRESETS = {
 }
 
 
+def _check_ids(ids, targets, vocab_size):
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or \
+            ids.dim() != 2:
+        raise TypeError(f"ids must be an integer tensor [B, T], got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)} of shape "
+                        f"{tuple(getattr(ids, 'shape', ()))}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"ids must lie in [0, vocab_size) = [0, {vocab_size}), got values in "
+                         f"[{ids.min().item()}, {ids.max().item()}]")
+    if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != ids.shape):
+        raise ValueError(f"targets must be a tensor shaped like ids {tuple(ids.shape)} (-100: no "
+                         f"loss), got {tuple(getattr(targets, 'shape', ()))}")
+
+
 def with_caching(model, variant="mean", segment_len=32, mode="checkpoint", **options):
     """Post-training Memory Caching (paper §4.3): a copy of a trained model whose memory layers
     cache their state every ``segment_len`` tokens at inference. Nothing is learned: with no
@@ -259,6 +302,5 @@ def with_caching(model, variant="mean", segment_len=32, mode="checkpoint", **opt
 
 def tiny_lm(preset, vocab_size=256, **overrides):
     """A TinyLM from a named preset, e.g. ``tiny_lm("linear-grm")``."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    check_choice("preset", preset, sorted(PRESETS))
     return TinyLM(vocab_size, **{**PRESETS[preset], **overrides})

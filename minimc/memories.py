@@ -4,31 +4,34 @@ Every memory shares one small interface, so caching code never asks which memory
 A *state* is a tuple of tensors, each ``[B, H, ...]``; a *stack* of states has an extra axis
 after ``H`` (``[B, H, N, ...]``: N cached states, or one state per token).
 
-    init_state(q, k, v)             zero state (deep memory: its learned initial weights)
-    step(state, k, v, **opts_t)     one token's update (the definition)
-    recurrent(q, k, v, state, **o)  token loop: (o [B, T, H, V], final state)
-    forward(q, k, v, state, **o)    fast form, same result (deep memory: chunked gradient steps)
-    token_states(q, k, v, state)    every token's own state, a stack (Memory Soup needs it)
-    read(stack, q)                  every query read by every state: [B, T, H, N, V]
-    read_each(stack, q)             token t read by state t:         [B, T, H, V]
-    read_cached(stack, q, gates, blocks, selected)  sum_i gates_i M_i(q) (cached part of Eq. 9)
+    init_state(q, k, v)              zero state (deep memory: its learned initial weights)
+    step(state, k, v, **opts_t)      one token's update (the definition)
+    recurrent(q, k, v, state, **o)   token loop: (o [B, T, H, V], final state)
+    forward(q, k, v, state, **o)     fast form, same result (deep memory: chunked gradient steps)
+    token_states(q, k, v, state)     every token's own state, a stack (Memory Soup needs it)
+    read(stack, q)                   every query read by every state: [B, T, H, N, V]
+    read_each(stack, q)              token t read by state t:         [B, T, H, V]
 
 Queries arrive already multiplied by ``scale``. Per-token options (decay, beta, lr, ...) are
-``[B, T, H]`` tensors named in ``token_args``; ``None`` means the default.
+``[B, T, H]`` tensors named, with their ranges, in the class's ``token_args``; None means the
+default. The other facts a layer or a check needs also live on the class (``matrix``, ``deep``,
+``feature_map``, ``layer_scalars``, ``dtypes``).
 """
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from . import kernel
+from .checks import (check_choice, check_finite, check_like, check_number, check_positive_int,
+                     check_range, check_state, check_tensor)
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def decay_matrix(log_a):
     """L[..., t, j] = prod_{j < l <= t} a_l for j <= t, else 0. log_a: [..., T] -> [..., T, T]."""
-    cs = log_a.cumsum(-1)
-    diff = cs[..., :, None] - cs[..., None, :]                            # [..., T, T]
+    cs = log_a.cumsum(-1)                                                   # [..., T]
+    diff = cs[..., :, None] - cs[..., None, :]                              # [..., T, T]
     causal = torch.ones(diff.shape[-2:], dtype=torch.bool, device=diff.device).tril()
     return diff.masked_fill(~causal, float("-inf")).exp()
 
@@ -40,9 +43,28 @@ def _log(x, like):
     return x.clamp_min(1e-30).log().transpose(1, 2)
 
 
+def _at(opts, t):
+    """Per-token options of token t: [B, T, H] -> [B, H]."""
+    return {n: (x[:, t] if x is not None else None) for n, x in opts.items()}
+
+
+def stack_states(states):
+    """A list of states -> one stacked state, new axis 2: leaves [B, H, N, ...]."""
+    return tuple(torch.stack(leaves, 2) for leaves in zip(*states))
+
+
 class Memory:
-    token_args = ()
-    matrix = False
+    token_args = {}          # per-token options and their ranges: {"decay": "(0, 1]"}
+    settings = ("chunk_size",)
+    matrix = False           # one K x V matrix read as S^T q: the readout is linear in the state
+    deep = False             # an MLP trained at test time (needs K == V and initial weights)
+    feature_map = "elu+1"    # what the layer applies to q and k: "elu+1" or "l2"
+    layer_scalars = {}       # the layer makes option n as scale * sigmoid(x W + bias): (bias, scale)
+    optional_args = ()       # options a layer learns only when asked (MemoryLayer(decay=True))
+    dtypes = FLOATS          # dtypes the fast form computes correctly
+
+    def __init__(self, chunk_size=64):
+        self.chunk_size = chunk_size
 
     def init_state(self, q, k, v):
         raise NotImplementedError
@@ -50,18 +72,18 @@ class Memory:
     def step(self, state, k, v, **opts):
         raise NotImplementedError
 
-    def forward(self, q, k, v, state, **opts):
-        return self.recurrent(q, k, v, state, **opts)
-
     def state_size(self, K, V):
         raise NotImplementedError
+
+    def forward(self, q, k, v, state, **opts):
+        return self.recurrent(q, k, v, state, **opts)
 
     def recurrent(self, q, k, v, state, **opts):
         """The definition: update with token t, then read with query t (Eq. 1)."""
         outs = []
-        for t, (qt, kt, vt) in enumerate(zip(q.unbind(1), k.unbind(1), v.unbind(1))):
-            state = self.step(state, kt, vt, **_at(opts, t))
-            outs.append(self.read_each(_stack([state]), qt[:, None]))
+        for t in range(q.shape[1]):
+            state = self.step(state, k[:, t], v[:, t], **_at(opts, t))
+            outs.append(self.read_each(stack_states([state]), q[:, t:t + 1]))   # [B, 1, H, V]
         return torch.cat(outs, 1), state
 
     def token_states(self, q, k, v, state, **opts):
@@ -69,27 +91,13 @@ class Memory:
         for t in range(q.shape[1]):
             state = self.step(state, k[:, t], v[:, t], **_at(opts, t))
             states.append(state)
-        return _stack(states), state
+        return stack_states(states), state
 
-    def read_cached(self, stack, q, gates, blocks=None, selected=None, backend="torch"):
-        """sum_i gates[..., i] M_i(q) (cached part of Eq. 9 / 17). Generic path: every query reads
-        every state it may read, then the reads are weighed (SSC's zero gates mask the rest).
-        Matrix memories override this with a blocked (and, for SSC, sparse) readout."""
-        if backend != "torch":
-            raise ValueError(f"backend={backend!r} is only available for matrix memories; use 'torch'")
-        blocks = [(0, q.shape[1], gates.shape[-1])] if blocks is None else blocks
-        return torch.cat([torch.einsum("bthn,bthnv->bthv", gates[:, a:b, :, :n],
-                                       self.read(tuple(x[:, :, :n] for x in stack), q[:, a:b]))
-                          for a, b, n in blocks], 1)                        # block: tokens a:b read [:n]
-
-
-def _at(opts, t):
-    return {n: (x[:, t] if x is not None else None) for n, x in opts.items()}
-
-
-def _stack(states):
-    """list of states -> one stacked state, new axis 2: leaves [B, H, N, ...]."""
-    return tuple(torch.stack(leaves, 2) for leaves in zip(*states))
+    @property
+    def stream_chunk(self):
+        """Tokens a stream must see together to reproduce ``forward``: 1 where the fast form is
+        the token recurrence exactly (matrix memories), the chunk where it is not (deep)."""
+        return 1
 
 
 class MatrixMemory(Memory):
@@ -109,57 +117,64 @@ class MatrixMemory(Memory):
     def read_each(self, stack, q):
         return torch.einsum("bthk,bhtkv->bthv", q, stack[0])
 
-    def read_cached(self, stack, q, gates, blocks=None, selected=None, backend="torch"):
-        if selected is not None and backend == "torch":                     # SSC: read only the chosen
-            return kernel.sparse_readout(q, stack[0], gates.gather(-1, selected.clamp_min(0)), selected)
-        return kernel.cached_readout(q, stack[0], gates, blocks, backend=backend)  # Triton skips zero-gate tiles
-
 
 class LinearMemory(MatrixMemory):
-    """Linear attention, Eq. 2 / 12: S_t = a_t S_{t-1} + k_t v_t^T, y_t = S_t^T q_t.
-
-    ``decay`` a_t in (0, 1] ([B, T, H]); None is plain linear attention (a_t = 1)."""
-    token_args = ("decay",)
-
-    def __init__(self, chunk_size=64):
-        self.chunk_size = chunk_size
+    """Linear attention, Eq. 2 without its feature map and normaliser (the plain update of
+    Eq. 12): S_t = a_t S_{t-1} + k_t v_t^T, y_t = S_t^T q_t. ``decay`` a_t ([B, T, H], in (0, 1]);
+    None is plain linear attention (a_t = 1)."""
+    token_args = {"decay": "(0, 1]"}
+    layer_scalars = {"decay": (5.0, 1.0)}           # decay starts at sigmoid(5) = 0.993 per token
+    optional_args = ("decay",)                      # plain linear attention unless asked
 
     def step(self, state, k, v, decay=None):
         S = state[0] if decay is None else state[0] * decay[..., None, None]
         return (S + k[..., :, None] * v[..., None, :],)
 
     def forward(self, q, k, v, state, decay=None):
-        """Chunkwise-parallel form: all chunks at once for the intra-chunk part (Q K^T * L) V and each
-        chunk's write K^T V; a short scan over chunks for the states; then inter-chunk Q S_chunk_start."""
+        """Chunkwise-parallel form: chunks of C tokens; G_t = prod of decays from the chunk's
+        start to t. For a chunk with start state S0:
+            o_t = G_t q_t^T S0 + sum_{j <= t} (G_t / G_j) (q_t . k_j) v_j     (inter + intra)
+            S   = G_C S0 + sum_j (G_C / G_j) k_j v_j^T                       (next chunk's start)
+        Every chunk's intra part and write at once; a short scan over chunks for the states."""
         B, T, H, K = q.shape
         C = min(self.chunk_size, T)
-        pad = (-T) % C                                                      # zero keys/values write nothing
-        qc, kc, vc = ((F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x).transpose(1, 2).contiguous().unflatten(2, (-1, C))
-                      for x in (q, k, v))                                   # [B, H, n, C, D]
-        if decay is None:                                                   # L is the causal mask
-            L = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-            scores, writes = (qc @ kc.transpose(-1, -2)).masked_fill_(~L, 0), kc.transpose(-1, -2) @ vc
-            a, qd = torch.ones_like(writes[..., 0, 0]), qc                  # chunk decay 1, queries as is
+        pad = (-T) % C                                      # zero keys and values write nothing
+
+        def chunks(x):                                      # [B, T, H, D] -> [B, H, n, C, D]
+            return F.pad(x, (0, 0, 0, 0, 0, pad)).transpose(1, 2).unflatten(2, (-1, C))
+
+        qc, kc, vc = chunks(q), chunks(k), chunks(v)
+        scores = qc @ kc.transpose(-1, -2)                  # [B, H, n, C, C]  q_t . k_j
+        if decay is None:                                   # G = 1: the causal mask only
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            scores = scores.masked_fill(~causal, 0)
+            k_to_end, q_from_start = kc, qc                 # [B, H, n, C, K]
+            chunk_decay = q.new_ones(B, H, qc.shape[2])     # [B, H, n]
         else:
-            log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C)) # [B, H, n, C]
-            g = log_a.cumsum(-1)                                            # decay from chunk start to t
-            scores = (qc @ kc.transpose(-1, -2)) * decay_matrix(log_a)     # [B, H, n, C, C]
-            writes = (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc  # [B, H, n, K, V]
-            a, qd = g[..., -1].exp(), qc * g.exp()[..., None]
+            log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C))   # [B, H, n, C]
+            log_g = log_a.cumsum(-1)                        # [B, H, n, C]  log G_t
+            scores = scores * decay_matrix(log_a)           # [B, H, n, C, C]  x G_t / G_j
+            k_to_end = kc * (log_g[..., -1:] - log_g).exp()[..., None]   # x G_C / G_j
+            q_from_start = qc * log_g.exp()[..., None]      # x G_t
+            chunk_decay = log_g[..., -1].exp()              # [B, H, n]  G_C
+        intra = scores @ vc                                 # [B, H, n, C, V]
+        writes = k_to_end.transpose(-1, -2) @ vc            # [B, H, n, K, V]
         S, starts = state[0], []
-        for a_i, w in zip(a.unbind(2), writes.unbind(2)):                  # scan over chunks
+        for a, w in zip(chunk_decay.unbind(2), writes.unbind(2)):   # the scan over chunks
             starts.append(S)
-            S = a_i[..., None, None] * S + w
-        o = torch.baddbmm(*(x.flatten(0, 2) for x in (scores @ vc, qd, torch.stack(starts, 2))))  # intra + inter
-        return o.view(B, H, -1, o.shape[-1])[:, :, :T].transpose(1, 2), (S,)   # [B, T, H, V]
+            S = a[..., None, None] * S + w
+        starts = torch.stack(starts, 2)                     # [B, H, n, K, V]
+        o = torch.baddbmm(intra.flatten(0, 2), q_from_start.flatten(0, 2), starts.flatten(0, 2))
+        o = o.view(B, H, -1, o.shape[-1])[:, :, :T]         # [B, H, T, V]  intra + inter
+        return o.transpose(1, 2), (S,)                      # [B, T, H, V]
 
 
 class DeltaMemory(MatrixMemory):
     """DeltaNet: S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T, keys L2-normalised here."""
-    token_args = ("beta",)
-
-    def __init__(self, chunk_size=64):
-        self.chunk_size = chunk_size
+    token_args = {"beta": "[0, 1]"}
+    layer_scalars = {"beta": (0.0, 1.0)}
+    feature_map = "l2"
+    dtypes = (torch.float32, torch.float64)            # the triangular solve (CPU): no float16
 
     def step(self, state, k, v, beta=None):
         k = F.normalize(k, dim=-1)
@@ -168,31 +183,32 @@ class DeltaMemory(MatrixMemory):
         return (state[0] + k[..., :, None] * (beta * err)[..., None, :],)
 
     def forward(self, q, k, v, state, beta=None):
-        """Chunkwise (WY / UT-transform) form: solve (I + tril(diag(beta) K K^T, -1)) U = beta (V - K S)."""
+        """Chunkwise (WY / UT-transform) form: per chunk, the corrections U of all its tokens
+        solve (I + tril(diag(beta) K K^T, -1)) U = diag(beta) (V - K S)."""
         S, outs, k = state[0], [], F.normalize(k, dim=-1)
         beta = torch.ones_like(k[..., 0]) if beta is None else beta
         chunks = (x.transpose(1, 2).split(self.chunk_size, 2) for x in (q, k, v, beta[..., None]))
-        for qc, kc, vc, bc in zip(*chunks):                                 # [B, H, C, D], bc [B, H, C, 1]
-            A = (bc * kc @ kc.transpose(-1, -2)).tril(-1)                   # [B, H, C, C]
+        for qc, kc, vc, bc in zip(*chunks):                 # [B, H, C, D], bc [B, H, C, 1]
+            A = (bc * kc @ kc.transpose(-1, -2)).tril(-1)   # [B, H, C, C]
             eye = torch.eye(qc.shape[2], dtype=q.dtype, device=q.device)
             u = torch.linalg.solve_triangular(eye + A, bc * (vc - kc @ S), upper=False)
-            o = qc @ S + (qc @ kc.transpose(-1, -2)).tril() @ u
+            o = qc @ S + (qc @ kc.transpose(-1, -2)).tril() @ u               # [B, H, C, V]
             S = S + kc.transpose(-1, -2) @ u
             outs.append(o)
         return torch.cat(outs, 2).transpose(1, 2), (S,)
 
 
 class SWLAMemory(MatrixMemory):
-    """Sliding-window linear attention, window 2 (Eq. 28):
-    S_t = a_t S_{t-1} + b_t k_{t-1} v_{t-1}^T + c_t k_t v_t^T. The state also keeps (k_{t-1}, v_{t-1})."""
-    token_args = ("a", "b", "c")
-
-    def __init__(self, chunk_size=64):
-        self.linear = LinearMemory(chunk_size)
+    """Sliding-window linear attention, window 2 (Eq. 28), the paper's (alpha, beta, lambda) as
+    (a, b, c): S_t = a_t S_{t-1} + b_t k_{t-1} v_{t-1}^T + c_t k_t v_t^T. The state also keeps
+    (k_{t-1}, v_{t-1})."""
+    token_args = {"a": "(0, 1]", "b": "[0, 1]", "c": "[0, 1]"}
+    layer_scalars = {"a": (0.0, 1.0), "b": (0.0, 1.0), "c": (0.0, 1.0)}
 
     def init_state(self, q, k, v):
         B, _, H, K = k.shape
-        return (k.new_zeros(B, H, K, v.shape[-1]), k.new_zeros(B, H, K), v.new_zeros(B, H, v.shape[-1]))
+        V = v.shape[-1]
+        return (k.new_zeros(B, H, K, V), k.new_zeros(B, H, K), v.new_zeros(B, H, V))
 
     def state_size(self, K, V):
         return K * V + K + V
@@ -202,7 +218,8 @@ class SWLAMemory(MatrixMemory):
         S = S if a is None else S * a[..., None, None]
         kb = k_prev if b is None else k_prev * b[..., None]
         kc = k if c is None else k * c[..., None]
-        return (S + kb[..., :, None] * v_prev[..., None, :] + kc[..., :, None] * v[..., None, :], k, v)
+        return (S + kb[..., :, None] * v_prev[..., None, :] + kc[..., :, None] * v[..., None, :],
+                k, v)
 
     def forward(self, q, k, v, state, a=None, b=None, c=None):
         """Two gated linear attentions sharing the decay a: keys c*k with values v, and keys
@@ -212,78 +229,97 @@ class SWLAMemory(MatrixMemory):
         v_shift = torch.cat([v_prev[:, None], v[:, :-1]], 1)                # [B, T, H, V]
         kc = k if c is None else k * c[..., None]
         kb = k_shift if b is None else k_shift * b[..., None]
-        o1, (S1,) = self.linear.forward(q, kc, v, (S,), decay=a)
-        o2, (S2,) = self.linear.forward(q, kb, v_shift, (torch.zeros_like(S),), decay=a)
+        linear = LinearMemory(self.chunk_size)
+        o1, (S1,) = linear.forward(q, kc, v, (S,), decay=a)
+        o2, (S2,) = linear.forward(q, kb, v_shift, (torch.zeros_like(S),), decay=a)
         return o1 + o2, (S1 + S2, k[:, -1], v[:, -1])
 
 
 class DeepMemory(Memory):
-    """A small MLP memory M(x) = x + W1 gelu(W2 x) (needs K == V), trained at test time.
+    """A small MLP memory M(x) = x + W1 gelu(W2 x) (App. B; needs K == V), trained at test time
+    by gradient steps on a per-token loss. Subclasses give the loss (``_dloss``) and the options.
 
-    objective="dot": DLA (Eq. 30-31), loss -<M(k), v>, plain gradient descent.
-    objective="l2":  Titans (Eq. 34-36), loss ||M(k) - v||^2, with momentum and decay:
-        m_t = momentum_t m_{t-1} + lr_t grad,   theta_t = decay_t theta_{t-1} - m_t.
-    (Decision: gradient *descent*; the paper's Eq. 34-35 literally ascend.)
-    The initial weights ``weights=(W1 [H, E, K], W2 [H, K, E])`` are learned by the layer.
-    The state is (W1, W2, m1, m2) with leaves [B, H, E, K], [B, H, K, E] (row-vector convention:
-    M(x) = x + gelu(x @ W2) @ W1)."""
-    token_args = ("lr", "momentum", "decay")
+    The state is (W1, W2, m1, m2), leaves [B, H, E, K], [B, H, K, E] (row-vector convention:
+    M(x) = x + gelu(x @ W2) @ W1); m are the momenta (zero for DLA). The initial weights
+    ``weights=(W1 [H, E, K], W2 [H, K, E])`` are learned by the layer (Decision: never zeros).
+    Chunked form (``chunk_size``, Decision as in Titans and TTT): inside a chunk every gradient
+    is taken at the chunk's starting weights (mini-batch gradient descent); 1 is exact."""
+    settings = ("chunk_size", "weights")
+    deep = True
+    feature_map = "l2"
+    dtypes = (torch.float32, torch.float64)            # float16 overflows in the inner loop
 
-    def __init__(self, weights, objective="l2", chunk_size=16):
-        if objective not in ("dot", "l2"):
-            raise ValueError(f"objective must be 'dot' or 'l2', got {objective!r}")
-        self.weights, self.objective, self.chunk_size = weights, objective, chunk_size
+    def __init__(self, weights, chunk_size=16):
+        self.weights, self.chunk_size = weights, chunk_size
+
+    @property
+    def stream_chunk(self):
+        return self.chunk_size
 
     def init_state(self, q, k, v):
         B = k.shape[0]
-        W1, W2 = (w.to(k.dtype).expand(B, *w.shape) for w in self.weights)    # [B, H, E, K], [B, H, K, E]
+        W1, W2 = (w.to(k.dtype).expand(B, *w.shape) for w in self.weights)   # [B, H, E, K], ...
         return (W1, W2, torch.zeros_like(W1), torch.zeros_like(W2))
 
     def state_size(self, K, V):
-        return 2 * K * self.weights[0].shape[-2] * (2 if self.objective == "l2" else 1)
+        momenta = 2 if "momentum" in self.token_args else 1
+        return 2 * K * self.weights[0].shape[-2] * momenta
 
     def _grads(self, W1, W2, k, v):
         """Closed-form per-token gradients of the loss at fixed weights.
-        k, v: [B, H, C, K]; W1 [B, H, E, K]; W2 [B, H, K, E] -> dW1 [B, H, C, E, K], dW2 [B, H, C, K, E]."""
+        k, v: [B, H, C, K]; W1 [B, H, E, K]; W2 [B, H, K, E] -> [B, H, C, E, K], [B, H, C, K, E]."""
         z = k @ W2                                                          # [B, H, C, E]
         h = F.gelu(z)
-        dy = -v if self.objective == "dot" else 2 * (k + h @ W1 - v)        # dloss / dM(k)
-        phi = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        dz = (dy @ W1.transpose(-1, -2)) * (0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * phi)
+        dy = self._dloss(k + h @ W1, v)                                     # dloss / dM(k)
+        gelu_slope = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / (
+            math.sqrt(2 * math.pi))
+        dz = (dy @ W1.transpose(-1, -2)) * gelu_slope                       # [B, H, C, E]
         return h[..., :, None] * dy[..., None, :], k[..., :, None] * dz[..., None, :]
 
     def step(self, state, k, v, lr=None, momentum=None, decay=None):
+        """m_t = momentum_t m_{t-1} + lr_t grad,  theta_t = decay_t theta_{t-1} - m_t."""
         W1, W2, m1, m2 = state
         g1, g2 = self._grads(W1, W2, k[:, :, None], v[:, :, None])
-        s = lambda x, d: d if x is None else x[..., None, None]            # noqa: E731
-        lr_, mom, dec = s(lr, 1.0), s(momentum, 0.0), s(decay, 1.0)
-        m1, m2 = mom * m1 + lr_ * g1[:, :, 0], mom * m2 + lr_ * g2[:, :, 0]
-        return (dec * W1 - m1, dec * W2 - m2, m1, m2)
+
+        def per_token(x, default):                                          # [B, H] -> [B, H, 1, 1]
+            return default if x is None else x[..., None, None]
+
+        lr, momentum, decay = per_token(lr, 1.0), per_token(momentum, 0.0), per_token(decay, 1.0)
+        m1, m2 = momentum * m1 + lr * g1[:, :, 0], momentum * m2 + lr * g2[:, :, 0]
+        return (decay * W1 - m1, decay * W2 - m2, m1, m2)
 
     def token_states(self, q, k, v, state, lr=None, momentum=None, decay=None):
-        """Chunked form: inside a chunk every gradient G_j is taken at the chunk-start weights
-        (mini-batch gradient descent, as in Titans); both recurrences are then solved in closed form:
-            m_t     = P_t m_0 + sum_j Lm[t, j] lr_j G_j                (P_t = prod momentum)
-            theta_t = D_t theta_0 - sum_r Ld[t, r] m_r                 (D_t = prod decay)
-        chunk_size = 1 is the exact token recurrence."""
+        """Chunked form. In a chunk, with G_j the gradients at the chunk-start weights W0 (and
+        momentum m0), P_t and D_t the products of momentum and decay since the chunk started:
+            m_t = P_t m0 + sum_j (P_t / P_j) lr_j G_j
+            W_t = D_t W0 - sum_{r <= t} (D_t / D_r) m_r
+                = D_t W0 - c_t m0 - sum_j Cw[t, j] G_j,   c_t = sum_r (D_t / D_r) P_r,
+                                                          Cw  = (D_t / D_r) @ ((P_r / P_j) lr_j)
+        Every token's weights at once, as weighted sums of the chunk's gradients."""
         lr = torch.ones_like(k[..., 0]) if lr is None else lr
-        log_m = _log(torch.zeros_like(lr) if momentum is None else momentum, k)
-        log_d = _log(decay, k)
+        log_mom = _log(torch.zeros_like(lr) if momentum is None else momentum, k)   # [B, H, T]
+        log_dec = _log(decay, k)                                                      # [B, H, T]
+        lr = lr.transpose(1, 2)                                                       # [B, H, T]
         W1, W2, m1, m2 = state
-        ex = lambda x: x[..., None, None]                                   # noqa: E731
         stacks = []
-        chunks = [x.split(self.chunk_size, -1) for x in (log_d, log_m, lr.transpose(1, 2))]   # [B, H, C]
-        for kc, vc, ld, lm, lrc in zip(*(x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)), *chunks):
-            g1, g2 = self._grads(W1, W2, kc, vc)                            # [B, H, C, E, K], [B, H, C, K, E]
-            Ld, P = decay_matrix(ld), lm.cumsum(-1).exp()                   # [B, H, C, C], [B, H, C]
-            Mc = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, C, C]
-            m1s = ex(P) * m1[:, :, None] + torch.einsum("bhtj,bhjek->bhtek", Mc, g1)
-            m2s = ex(P) * m2[:, :, None] + torch.einsum("bhtj,bhjke->bhtke", Mc, g2)
-            D, c0, C = ld.cumsum(-1).exp(), (Ld @ P[..., None])[..., 0], Ld @ Mc
-            W1s = ex(D) * W1[:, :, None] - ex(c0) * m1[:, :, None] - torch.einsum("bhtj,bhjek->bhtek", C, g1)
-            W2s = ex(D) * W2[:, :, None] - ex(c0) * m2[:, :, None] - torch.einsum("bhtj,bhjke->bhtke", C, g2)
-            W1, W2, m1, m2 = W1s[:, :, -1], W2s[:, :, -1], m1s[:, :, -1], m2s[:, :, -1]
+        spans = [x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)]   # [B, H, C, K]
+        spans += [x.split(self.chunk_size, -1) for x in (log_dec, log_mom, lr)]   # [B, H, C]
+        for kc, vc, ld, lm, lrc in zip(*spans):
+            g1, g2 = self._grads(W1, W2, kc, vc)            # [B, H, C, E, K], [B, H, C, K, E]
+            P, D = lm.cumsum(-1).exp(), ld.cumsum(-1).exp()                 # [B, H, C]
+            Lm = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, C, C]
+            Ld = decay_matrix(ld)                                           # [B, H, C, C]
+            c = (Ld @ P[..., None])[..., 0]                                 # [B, H, C]
+            Cw = Ld @ Lm                                                    # [B, H, C, C]
+            chunk = []
+            for W, m, g in ((W1, m1, g1), (W2, m2, g2)):
+                w0, m0 = W[:, :, None], m[:, :, None]                       # [B, H, 1, ...]
+                m_t = _scale(P, m0) + torch.einsum("bhtj,bhj...->bht...", Lm, g)
+                W_t = _scale(D, w0) - _scale(c, m0) - torch.einsum("bhtj,bhj...->bht...", Cw, g)
+                chunk.append((W_t, m_t))                                    # [B, H, C, ...]
+            (W1s, m1s), (W2s, m2s) = chunk
             stacks.append((W1s, W2s, m1s, m2s))
+            W1, W2, m1, m2 = W1s[:, :, -1], W2s[:, :, -1], m1s[:, :, -1], m2s[:, :, -1]
         return tuple(torch.cat(x, 2) for x in zip(*stacks)), (W1, W2, m1, m2)
 
     def forward(self, q, k, v, state, **opts):
@@ -292,44 +328,116 @@ class DeepMemory(Memory):
         return self.read_each(stack, q), state
 
     def read(self, stack, q):
-        W1, W2 = stack[:2]                                                  # [B, H, N, E, K], [B, H, N, K, E]
-        h = F.gelu(torch.einsum("bthk,bhnke->bthne", q, W2))
+        W1, W2 = stack[:2]                                  # [B, H, N, E, K], [B, H, N, K, E]
+        h = F.gelu(torch.einsum("bthk,bhnke->bthne", q, W2))                # [B, T, H, N, E]
         return q[:, :, :, None] + torch.einsum("bthne,bhnek->bthnk", h, W1)
 
     def read_each(self, stack, q):
-        W1, W2 = stack[:2]                                                  # [B, H, T, E, K], [B, H, T, K, E]
-        h = F.gelu(torch.einsum("bthk,bhtke->bthe", q, W2))
+        W1, W2 = stack[:2]                                  # [B, H, T, E, K], [B, H, T, K, E]
+        h = F.gelu(torch.einsum("bthk,bhtke->bthe", q, W2))                 # [B, T, H, E]
         return q + torch.einsum("bthe,bhtek->bthk", h, W1)
 
 
-MEMORIES = {"linear": LinearMemory, "delta": DeltaMemory, "swla": SWLAMemory,
-            "dla": partial(DeepMemory, objective="dot"), "titans": partial(DeepMemory, objective="l2")}
+def _scale(s, x):
+    """A per-token scalar s [B, H, C] times x [B, H, 1 or C, a, b]."""
+    return s[..., None, None] * x
+
+
+class DLAMemory(DeepMemory):
+    """Deep Linear Attention (Eq. 30-31): loss -<M(k), v>, plain gradient descent with lr_t."""
+    token_args = {"lr": "[0, inf)"}
+    layer_scalars = {"lr": (0.0, 0.1)}
+
+    def _dloss(self, y, v):
+        return -v
+
+
+class TitansMemory(DeepMemory):
+    """Titans' memory (Eq. 34-36): loss ||M(k) - v||^2, with momentum and decay:
+        m_t = momentum_t m_{t-1} + lr_t grad,   theta_t = decay_t theta_{t-1} - m_t.
+    Decision: gradient *descent*; the paper's Eq. 34-35, read literally, ascend."""
+    token_args = {"lr": "[0, inf)", "momentum": "[0, 1)", "decay": "(0, 1]"}
+    layer_scalars = {"lr": (0.0, 0.1), "momentum": (0.0, 0.5), "decay": (5.0, 1.0)}
+
+    def _dloss(self, y, v):
+        return 2 * (y - v)
+
+
+MEMORIES = {"linear": LinearMemory, "delta": DeltaMemory, "swla": SWLAMemory, "dla": DLAMemory,
+            "titans": TitansMemory}
 
 
 def make_memory(memory, options):
-    """Split ``options`` into the memory's per-token inputs ([B, T, H] tensors) and its settings."""
-    if memory not in MEMORIES:
-        raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
+    """The memory named ``memory`` and its per-token inputs: ``options`` holds per-token
+    [B, T, H] tensors (named in the class's ``token_args``) and settings (``chunk_size``, and
+    ``weights`` for deep memories). Unknown option names are errors."""
+    check_choice("memory", memory, MEMORIES)
     cls = MEMORIES[memory]
-    names = getattr(cls, "func", cls).token_args                           # classes or partials
-    per_token = {n: options[n] for n in names if options.get(n) is not None}
-    settings = {n: x for n, x in options.items() if n not in names}
-    try:
-        return cls(**settings), per_token
-    except TypeError as e:
-        raise TypeError(f"memory={memory!r} got unexpected options {sorted(settings)}: {e}") from None
+    unknown = sorted(set(options) - set(cls.token_args) - set(cls.settings))
+    if unknown:
+        raise ValueError(f"memory={memory!r} does not take {unknown}; it takes per-token "
+                         f"{sorted(cls.token_args)} and settings {sorted(cls.settings)}")
+    if cls.deep and options.get("weights") is None:
+        raise ValueError(f"memory={memory!r} needs weights=(W1 [H, E, K], W2 [H, K, E]) "
+                         "(see minimc.init_deep_weights)")
+    settings = {n: x for n, x in options.items() if n in cls.settings}
+    if "chunk_size" in settings:
+        check_positive_int("chunk_size", settings["chunk_size"])
+    per_token = {n: options[n] for n in cls.token_args if options.get(n) is not None}
+    return cls(**settings), per_token
 
 
-def recurrent_memory(q, k, v, memory="linear", *, scale=None, initial_state=None, reference=False,
-                     check_nan=True, **memory_options):
-    """Run one memory over a sequence: (o [B, T, H, V], final state). ``reference=True`` runs the
-    token loop (the definition) instead of the fast form. Queries are multiplied by ``scale``
-    (default K ** -0.5) before readout."""
-    from .checks import check_memory_args
-    check_memory_args(q, k, v, memory, memory_options, check_nan)
+def check_memory_args(q, k, v, mem, per_token, check_nan=True):
+    """q, k: [B, T, H, K], v: [B, T, H, V], per-token options [B, T, H] in their ranges, one dtype
+    and device; deep weights W1 [H, E, K], W2 [H, K, E]."""
+    check_tensor("q", q, (None,) * 4, ("B", "T", "H", "K"))
+    B, T, H, K = q.shape
+    if T < 1:
+        raise ValueError(f"q must hold at least one token, got T = {T}")
+    check_tensor("k", k, q.shape, ("B", "T", "H", "K"))
+    check_tensor("v", v, (B, T, H, None), ("B", "T", "H", "V"))
+    for name, x in (("k", k), ("v", v), *per_token.items()):
+        check_like(name, x, q)
+    name = type(mem).__name__
+    if q.dtype not in mem.dtypes:
+        raise TypeError(f"{name} computes in {[str(d) for d in mem.dtypes]}, got {q.dtype}: "
+                        "convert q, k, v (e.g. .float())")
+    for opt, x in per_token.items():
+        check_tensor(opt, x, (B, T, H), ("B", "T", "H"))
+    if check_nan:
+        check_finite(q=q, k=k, v=v, **per_token)
+    for opt, x in per_token.items():
+        check_range(opt, x, mem.token_args[opt])
+    if mem.deep:
+        if v.shape[-1] != K:
+            raise ValueError(f"{name} maps keys to values through x + W1 gelu(W2 x): it needs "
+                             f"K == V, got K = {K}, V = {v.shape[-1]}")
+        w = mem.weights
+        if not (isinstance(w, (tuple, list)) and len(w) == 2):
+            raise ValueError(f"weights must be a pair (W1 [H, E, K], W2 [H, K, E]), got "
+                             f"{type(w).__name__}")
+        check_tensor("weights[0] (W1)", w[0], (H, None, K), ("H", "E", "K"))
+        check_tensor("weights[1] (W2)", w[1], (H, K, w[0].shape[1]), ("H", "K", "E"))
+        for i, x in enumerate(w):
+            check_like(f"weights[{i}]", x, q)
+        if check_nan:
+            check_finite(W1=w[0], W2=w[1])
+
+
+def recurrent_memory(q, k, v, memory="linear", *, scale=None, initial_state=None,
+                     reference=False, check_nan=True, **memory_options):
+    """Run one memory over a sequence: (o [B, T, H, V], final state). ``reference=True`` runs
+    the token loop (the definition) instead of the fast form. Queries are multiplied by
+    ``scale`` (default K ** -0.5) before readout; ``initial_state`` is a state as returned."""
     mem, opts = make_memory(memory, memory_options)
+    check_memory_args(q, k, v, mem, opts, check_nan)
+    if scale is not None:
+        check_number("scale", scale)
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
-    state = mem.init_state(q, k, v) if initial_state is None else tuple(initial_state)
+    state = mem.init_state(q, k, v)
+    if initial_state is not None:
+        check_state("initial_state", initial_state, state)
+        state = tuple(initial_state)
     return (mem.recurrent if reference else mem.forward)(q, k, v, state, **opts)
 
 

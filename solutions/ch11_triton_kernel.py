@@ -7,12 +7,14 @@ and loops over the N cached states (the cached part of Eq. 9 / 17):
 
 Part 1, ``readout_block``: that loop in plain torch, skipping every state that no token of the
 block reads. Part 2, ``readout_block_kernel``: the same loop as a Triton program (the launcher
-``readout_block_triton`` is given). Without a GPU it runs in Triton's interpreter: TRITON_INTERPRET=1
-must be set before this file is imported (the tests and the chapter's first cell do that).
+``readout_block_triton`` is given). Without a GPU it runs in Triton's interpreter: importing
+minimc.kernel first sets TRITON_INTERPRET=1 before the kernel below is decorated.
 
 Grade:  python -m pytest tests/exercises/test_ch11_triton_kernel.py -q
 """
 import torch
+
+import minimc.kernel  # noqa: F401  (first: without a GPU it sets TRITON_INTERPRET=1)
 import triton
 import triton.language as tl
 

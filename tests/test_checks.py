@@ -34,8 +34,8 @@ q, k, v, u, _ = inputs("linear", T=10, dtype=torch.float32)
     (dict(pool="max"), ValueError, ["pool", "mean", "sum"]),
     (dict(decay=torch.rand(2, 10)), ValueError, ["decay", "[B, T, H]"]),
     (dict(decay=torch.rand(2, 10, 1)), ValueError, ["decay", "H = 1", "expected 2"]),
-    (dict(memory="linear", beta=torch.rand(2, 10, 2)), TypeError, ["beta", "linear"]),
-    (dict(memory="titans"), ValueError, ["titans", "K == V"]),
+    (dict(memory="linear", beta=torch.rand(2, 10, 2)), ValueError, ["beta", "linear", "decay"]),
+    (dict(memory="titans", weights=minimc.init_deep_weights(2, 8)), ValueError, ["K == V"]),
 ])
 def test_bad_input_names_the_argument(kwargs, error, words):
     with pytest.raises(error) as e:

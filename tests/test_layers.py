@@ -12,7 +12,10 @@ MIXERS = {
     "delta-ssc": dict(mixer="delta", caching=dict(variant="ssc", segment_len=4, top_k=2, mode="independent")),
     "swla-grm": dict(mixer="swla", caching=dict(variant="grm", segment_len=5)),
     "dla": dict(mixer="dla", chunk_size=1),
+    "dla-chunked": dict(mixer="dla"),                           # the stream reruns a chunk of 16
     "titans-soup": dict(mixer="titans", chunk_size=1, caching=dict(variant="soup", segment_len=4)),
+    "titans-grm-chunked": dict(mixer="titans", chunk_size=3, caching=dict(variant="grm",
+                                                                         segment_len=7)),
 }
 
 

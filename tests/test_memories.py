@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import minimc
-from minimc.memories import DeepMemory
+from minimc.memories import DLAMemory, TitansMemory
 from _inputs import DEEP, MEMORIES, inputs
 
 
@@ -101,7 +101,7 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
     """Deep memory with mini-batch gradient steps, gradients from autograd (not the closed form)."""
     W1, W2, m1, m2 = mem.init_state(q, k, v)
     outs = []
-    loss_fn = (lambda y, v: -(y * v).sum()) if mem.objective == "dot" else (lambda y, v: ((y - v) ** 2).sum())
+    loss_fn = (lambda y, v: -(y * v).sum()) if isinstance(mem, DLAMemory) else (lambda y, v: ((y - v) ** 2).sum())
     for a in range(0, q.shape[1], b):
         grads = []
         for t in range(a, min(a + b, q.shape[1])):
@@ -123,7 +123,7 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
 @pytest.mark.parametrize("b", [1, 4, 16])
 def test_deep_chunked_form_is_minibatch_gradient_descent(objective, b):
     q, k, v, u, opts = inputs("titans", T=37)
-    mem = DeepMemory(opts["weights"], objective=objective, chunk_size=b)
+    mem = {"dot": DLAMemory, "l2": TitansMemory}[objective](opts["weights"], chunk_size=b)
     o, _ = mem.forward(q, k, v, mem.init_state(q, k, v), lr=opts["lr"], momentum=opts["momentum"], decay=opts["decay"])
     ref = _minibatch_reference(mem, q, k, v, opts["lr"], opts["momentum"], opts["decay"], b)
     close(o, ref)

@@ -61,7 +61,7 @@ def test_training_is_seeded():
 
 def test_deep_memory_is_finite_on_long_sequences():
     """Titans' chunked test-time gradient steps diverged (NaN at initialisation, T = 128) before
-    the inner lr and momentum were bounded (layers.DEEP_SCALARS)."""
+    the inner lr and momentum were bounded (TitansMemory.layer_scalars)."""
     from minimc.train import batch
     x, y = batch(0, 4, 1024, [64], 256, seed=0)
     for preset in ("titans", "titans-grm"):
@@ -70,7 +70,7 @@ def test_deep_memory_is_finite_on_long_sequences():
         assert torch.isfinite(loss), preset
     torch.manual_seed(0)
     layer = tiny_lm("titans").blocks[0].mixer
-    *_, opts, _ = layer._inputs(torch.randn(2, 16, 32) * 10)
+    *_, opts, _ = layer.inputs(torch.randn(2, 16, 32) * 10)
     assert opts["lr"].max() <= 0.1 and opts["momentum"].max() <= 0.5 and opts["decay"].max() <= 1
 
 

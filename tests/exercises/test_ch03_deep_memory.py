@@ -1,14 +1,14 @@
 """Grades chapter 3, a deep memory that learns at test time (exercises/ch03_deep_memory.py).
 
-minimc is the oracle: minimc.memories.DeepMemory, objective "dot" (DLA, Eq. 30-31) for the
-gradient and objective "l2" (Titans, Eq. 34-36) for the step. Inputs are small float64 tensors
+minimc is the oracle: minimc.memories.DLAMemory (Eq. 30-31) for the gradient and
+minimc.memories.TitansMemory (Eq. 34-36) for the step. Inputs are small float64 tensors
 with awkward sizes (E not a multiple of K, one-element heads) and nonzero momentum.
 """
 import pytest
 import torch
 
 from grading import check_close, check_true
-from minimc.memories import DeepMemory
+from minimc.memories import DLAMemory, TitansMemory
 
 CH = "ch03_deep_memory"
 SIZES = [(2, 3, 5, 20), (1, 1, 1, 1), (3, 2, 4, 7)]                      # (B, H, K, E)
@@ -26,12 +26,12 @@ def inputs(B, H, K, E, seed=0, scale=1.0):
 
 
 def oracle_gradient(W1, W2, k, v):
-    g1, g2 = DeepMemory(None, objective="dot")._grads(W1, W2, k[:, :, None], v[:, :, None])
+    g1, g2 = DLAMemory(None)._grads(W1, W2, k[:, :, None], v[:, :, None])
     return g1[:, :, 0], g2[:, :, 0]                                         # [B, H, E, K], [B, H, K, E]
 
 
 def oracle_step(state, k, v, lr, momentum, decay):
-    return DeepMemory(None, objective="l2").step(state, k, v, lr=lr, momentum=momentum, decay=decay)
+    return TitansMemory(None).step(state, k, v, lr=lr, momentum=momentum, decay=decay)
 
 
 # ---- part 1: dla_gradient -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Grades chapter 8, Memory Soup (exercises/ch08_soup.py).
 
-minimc is the oracle: minimc.caching._mix (the weighted sum of weights of Eq. 14) and, end to end,
+minimc is the oracle: minimc.mix_weights (the weighted sum of weights of Eq. 14) and, end to end,
 minimc.memory_caching(variant="soup") with a deep memory (Eq. 15).
 """
 import pytest
@@ -8,7 +8,6 @@ import torch
 
 import minimc
 from grading import check_close
-from minimc.caching import _mix
 from minimc.memories import make_memory
 
 CH = "ch08_soup"
@@ -20,9 +19,7 @@ def rnd(*shape, seed=0):
 
 def oracle(online, cache, gates):
     """minimc's mix, with the gates in memory_caching's layout [B, T, H, N + 1] (online last)."""
-    N = cache.shape[2]
-    g = gates.permute(0, 2, 1, 3)                                           # [B, H, T, N + 1]
-    return _mix(g[..., N], online, g[..., :N], cache)
+    return minimc.mix_weights(gates, (online,), (cache,))[0]
 
 
 @pytest.mark.parametrize("leaf", [(5, 6), (), (4,), (2, 3, 4)], ids=["matrix", "scalar", "vector", "3d"])

@@ -1,13 +1,14 @@
 """Grades chapter 11, the kernel's inner loop (exercises/ch11_triton_kernel.py).
 
-minimc is the oracle: minimc.kernel.cached_readout_reference, the cached part of Eq. 9 / 17, on one
+minimc is the oracle: minimc.readout.cached_readout_reference, the cached part of Eq. 9 / 17, on one
 (batch, head). The Triton part runs in Triton's interpreter when no GPU is present (conftest.py).
 """
 import pytest
 import torch
 
 from grading import check_close, check_true
-from minimc.kernel import cached_readout_reference
+import minimc.kernel  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU)
+from minimc.readout import cached_readout_reference
 
 CH = "ch11_triton_kernel"
 

@@ -31,10 +31,10 @@ def pytest_runtest_call(item):
         _seconds[item.parent.name] += time.perf_counter() - start
     if item.parent.timed_out and not already:
         limit = item.config.getoption("nbval_cell_timeout")
-        pytest.fail(f"{item.parent.name}, {item.name}: no execute reply within {float(limit):g} s, yet the "
-                    "kernel was idle (a lost kernel message, or a cell slower than the per-cell "
-                    "limit). The cell's outputs were not all received: failing, not passing.",
-                    pytrace=False)
+        pytest.fail(f"{item.parent.name}, {item.name}: no execute reply within "
+                    f"{float(limit):g} s, yet the kernel was idle (a lost kernel message, or a "
+                    "cell slower than the per-cell limit). The cell's outputs were not all "
+                    "received: failing, not passing.", pytrace=False)
     return result
 
 

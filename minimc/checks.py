@@ -19,7 +19,7 @@ def check_tensor(name, x, shape, names):
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)} (rank {x.dim()})")
     for axis, got, exp in zip(names, x.shape, shape):
         if exp is not None and got != exp:
-            expected = tuple("?" if s is None else s for s in shape)
+            expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name} must have shape {want} = {expected}, got {tuple(x.shape)} "
                              f"({axis} = {got}, expected {exp})")
 

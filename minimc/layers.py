@@ -12,7 +12,8 @@ from .checks import check_choice, check_positive_int
 from .memories import MEMORIES, init_deep_weights, make_memory, recurrent_memory
 
 class ShortConv(nn.Module):
-    """Causal depthwise convolution as shift-and-add: y_t = sum_j w_j x_{t-j} (cheaper than Conv1d)."""
+    """Causal depthwise convolution as shift-and-add: y_t = sum_j w_j x_{t-j} (cheaper than a
+    grouped Conv1d)."""
 
     def __init__(self, dim, kernel=4):
         super().__init__()
@@ -21,7 +22,7 @@ class ShortConv(nn.Module):
         self.weight = nn.Parameter(w)
 
     def forward(self, x, past=None):
-        """x: [B, T, D]; past: the previous kernel-1 inputs [B, kernel-1, D] (zeros at the start)."""
+        """x: [B, T, D]; past: the previous kernel-1 inputs [B, kernel-1, D] (zeros at first)."""
         n, T = self.weight.shape[0], x.shape[1]
         past = x.new_zeros(x.shape[0], n - 1, x.shape[2]) if past is None else past
         xp = torch.cat([past, x], 1)                                        # [B, T + n - 1, D]
@@ -41,10 +42,19 @@ class Mixer(nn.Module):
 
     def conv_state(self):
         """Numbers the short convolution holds between tokens: the last kernel-1 inputs."""
-        return 0 if self.conv is None else (self.conv.weight.shape[0] - 1) * self.conv.weight.shape[1]
+        if self.conv is None:
+            return 0
+        kernel, dim = self.conv.weight.shape
+        return (kernel - 1) * dim
 
     def project(self, x, past=None):
         """x [B, T, D] -> list of [B, T, H, K] (q, k, v[, u]) and the convolution's new past."""
+        d_model = self.qkv.in_features
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3 \
+                or x.shape[-1] != d_model:
+            raise ValueError(f"x must be a float tensor [B, T, D] with D = d_model = {d_model}, "
+                             f"got {getattr(x, 'dtype', type(x).__name__)} "
+                             f"{tuple(getattr(x, 'shape', ()))}")
         B, T, _ = x.shape
         h = self.qkv(x)
         n = 3 * self.H * self.K
@@ -64,11 +74,12 @@ class Attention(Mixer):
 
     def forward(self, x):
         (q, k, v), _ = self.project(x)
-        o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                   # [B, H, T, K]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)         # [B, H, T, K]
         return self.out(o.transpose(1, 2).flatten(2))                       # [B, T, D]
 
     def state_size(self, T):
-        return 2 * T * self.H * self.K + self.conv_state()                 # the KV cache grows with T
+        return 2 * T * self.H * self.K + self.conv_state()       # the KV cache grows with T
 
     def stream(self, seq_len=None):
         return _AttentionStream(self)
@@ -80,8 +91,10 @@ class _AttentionStream:
 
     def step(self, x):
         (q, k, v), self.past = self.layer.project(x, self.past)
-        self.kv = (k, v) if self.kv is None else (torch.cat([self.kv[0], k], 1), torch.cat([self.kv[1], v], 1))
-        o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, *self.kv)))
+        if self.kv is not None:
+            k, v = torch.cat([self.kv[0], k], 1), torch.cat([self.kv[1], v], 1)   # [B, t, H, K]
+        self.kv = (k, v)
+        o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
         return self.layer.out(o.transpose(1, 2).flatten(2))
 
 
@@ -113,9 +126,11 @@ class MemoryLayer(Mixer):
             _check_caching_options(self.caching)
         self.scalars = {n: init for n, init in cls.layer_scalars.items()
                         if decay or n not in cls.optional_args}     # name: (bias, scale)
-        self.scalar_proj = nn.Linear(d_model, len(self.scalars) * n_heads) if self.scalars else None
+        self.scalar_proj = None
         if self.scalars:
-            bias, scale = (torch.tensor(x, dtype=torch.float32) for x in zip(*self.scalars.values()))
+            self.scalar_proj = nn.Linear(d_model, len(self.scalars) * n_heads)
+            bias, scale = (torch.tensor(x, dtype=torch.float32)
+                           for x in zip(*self.scalars.values()))             # [n], [n]
             with torch.no_grad():
                 self.scalar_proj.bias.add_(bias.repeat_interleave(n_heads))   # [n * H]
             self.register_buffer("scalar_scale", scale[:, None], persistent=False)   # [n, 1]
@@ -209,7 +224,8 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
         self.mixer = mixer
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp * d_model), nn.GELU(), nn.Linear(mlp * d_model, d_model))
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp * d_model), nn.GELU(),
+                                 nn.Linear(mlp * d_model, d_model))
 
     def forward(self, x):
         x = x + self.mixer(self.norm1(x))
@@ -225,7 +241,7 @@ def make_mixer(d_model, mixer="linear", **options):
 
 
 class TinyLM(nn.Module):
-    """Embedding -> n_layers x [norm -> mixer -> residual, norm -> MLP -> residual] -> norm -> head."""
+    """Embedding -> n_layers x [norm, mixer, residual; norm, MLP, residual] -> norm -> head."""
 
     def __init__(self, vocab_size, d_model=32, n_layers=1, mixer="linear", mlp=4, **mixer_options):
         for name, x in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
@@ -233,14 +249,14 @@ class TinyLM(nn.Module):
             check_positive_int(name, x)
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, make_mixer(d_model, mixer, **mixer_options), mlp)
-                                    for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, make_mixer(d_model, mixer, **mixer_options),
+                                          mlp) for _ in range(n_layers))
         self.norm = nn.RMSNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
     def forward(self, ids, targets=None):
-        """ids: [B, T]. Without targets: logits [B, T, vocab]. With targets ([B, T], -100 = ignore):
-        (loss, logits at the labelled positions only, which saves the head's time)."""
+        """ids: [B, T]. Without targets: logits [B, T, vocab]. With targets ([B, T], -100 =
+        ignore): (loss, logits at the labelled positions only, which saves the head's time)."""
         _check_ids(ids, targets, self.embed.num_embeddings)
         x = self.embed(ids)
         for block in self.blocks:
@@ -256,19 +272,32 @@ class TinyLM(nn.Module):
         return sum(b.mixer.state_size(T) for b in self.blocks)
 
 
-# Tiny named presets (the MQAR set-up of results/README.md): 1 layer, d 32, 2 heads of 16.
+# Tiny named presets (the MQAR set-up of results/README.md): 1 layer, d 32, 2 heads of 16;
+# "<memory>-<variant>" adds Memory Caching with segments of 8, independent mode (Decision: it
+# learned best in the experiments of results/README.md; the library's default is checkpoint).
 _BASE = dict(d_model=32, n_layers=1, n_heads=2, head_dim=16)
+
+
+def _preset(mixer, variant=None, segment_len=8, mode="independent", **caching):
+    if variant is None:
+        return dict(_BASE, mixer=mixer)
+    return dict(_BASE, mixer=mixer, caching=dict(variant=variant, segment_len=segment_len,
+                                                 mode=mode, **caching))
+
+
 PRESETS = {
-    "attention": dict(_BASE, mixer="attention"),
-    "linear": dict(_BASE, mixer="linear"),
-    "linear-residual": dict(_BASE, mixer="linear", caching=dict(variant="residual", segment_len=8, mode="independent")),
-    "linear-grm": dict(_BASE, mixer="linear", caching=dict(variant="grm", segment_len=8, mode="independent")),
-    "linear-grm-checkpoint": dict(_BASE, mixer="linear", caching=dict(variant="grm", segment_len=8)),
-    "linear-ssc": dict(_BASE, mixer="linear", caching=dict(variant="ssc", segment_len=8, top_k=4, mode="independent")),
-    "delta": dict(_BASE, mixer="delta"),
-    "titans": dict(_BASE, mixer="titans"),
-    "titans-grm": dict(_BASE, mixer="titans", caching=dict(variant="grm", segment_len=8, mode="independent")),
-    "titans-soup": dict(_BASE, mixer="titans", caching=dict(variant="soup", segment_len=8, mode="independent")),
+    "attention": _preset("attention"),
+    "linear": _preset("linear"),
+    "linear-residual": _preset("linear", "residual"),
+    "linear-grm": _preset("linear", "grm"),
+    "linear-grm-checkpoint": _preset("linear", "grm", mode="checkpoint"),
+    "linear-ssc": _preset("linear", "ssc", top_k=4),
+    "delta": _preset("delta"),
+    "swla": _preset("swla"),
+    "dla": _preset("dla"),
+    "titans": _preset("titans"),
+    "titans-grm": _preset("titans", "grm"),
+    "titans-soup": _preset("titans", "soup"),
 }
 
 
@@ -281,7 +310,8 @@ def _check_ids(ids, targets, vocab_size):
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"ids must lie in [0, vocab_size) = [0, {vocab_size}), got values in "
                          f"[{ids.min().item()}, {ids.max().item()}]")
-    if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != ids.shape):
+    if targets is not None and (not isinstance(targets, torch.Tensor)
+                                or targets.shape != ids.shape):
         raise ValueError(f"targets must be a tensor shaped like ids {tuple(ids.shape)} (-100: no "
                          f"loss), got {tuple(getattr(targets, 'shape', ()))}")
 

@@ -59,7 +59,7 @@ class Memory:
     matrix = False           # one K x V matrix read as S^T q: the readout is linear in the state
     deep = False             # an MLP trained at test time (needs K == V and initial weights)
     feature_map = "elu+1"    # what the layer applies to q and k: "elu+1" or "l2"
-    layer_scalars = {}       # the layer makes option n as scale * sigmoid(x W + bias): (bias, scale)
+    layer_scalars = {}       # n: (bias, scale): the layer makes n = scale * sigmoid(x W + bias)
     optional_args = ()       # options a layer learns only when asked (MemoryLayer(decay=True))
     dtypes = FLOATS          # dtypes the fast form computes correctly
 

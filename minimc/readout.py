@@ -1,6 +1,6 @@
 """The cached readout: every token reads the cached matrix states, weighted by its gates.
 
-    o[b, t, h, :] = sum_i gates[b, t, h, i] * S[b, h, i]^T q[b, t, h, :]    (cached part of Eq. 9 / 17)
+    o[b, t, h, :] = sum_i gates[b, t, h, i] S[b, h, i]^T q[b, t, h, :]   (cached part of Eq. 9 / 17)
 
 q: [B, T, H, K], S: [B, H, N, K, V], gates: [B, T, H, N] -> o: [B, T, H, V].
 
@@ -40,7 +40,7 @@ class CachedReadout(torch.autograd.Function):
             from .kernel import cached_readout_triton
             return cached_readout_triton(q.contiguous(), S.contiguous(), gates.contiguous())
         B, T, H, K = q.shape
-        N, V = S.shape[2], S.shape[-1]
+        V = S.shape[-1]
         qh, gh = q.transpose(1, 2), gates.transpose(1, 2)       # [B, H, T, K], [B, H, T, N]
         o = q.new_zeros(B, H, T, V)
         for a, b, n in blocks:

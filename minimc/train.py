@@ -14,10 +14,11 @@ import time
 
 import torch
 
+from .checks import check_number, check_positive_int
 from .data import accuracy, mqar
 from .layers import tiny_lm
 
-EVAL_SEED = 1 << 40                       # held-out sequences come from seeds no training batch uses
+EVAL_SEED = 1 << 40             # held-out sequences come from seeds no training batch uses
 
 
 def set_seed(seed):
@@ -30,7 +31,7 @@ def default_device():
 
 
 def lr_at(step, steps, lr=1e-2, warmup=50, final=0.1):
-    """Linear warm-up over ``warmup`` steps, then cosine from lr down to final * lr at the last step."""
+    """Linear warm-up over ``warmup`` steps, then cosine from lr down to final * lr at the end."""
     if step < warmup:
         return lr * (step + 1) / warmup
     p = (step - warmup) / max(1, steps - 1 - warmup)
@@ -50,7 +51,8 @@ def evaluate(model, seq_len=128, num_kv_pairs=32, n=1000, vocab_size=256, seed=E
              batch_size=250, device=None):
     """Accuracy (mean over answer positions) and loss on ``n`` held-out MQAR sequences."""
     device = device or next(model.parameters()).device
-    inputs, labels = mqar(n, seq_len, num_kv_pairs, vocab_size, seed=seed + 7919 * seq_len + num_kv_pairs)
+    seed = seed + 7919 * seq_len + num_kv_pairs                # one held-out set per setting
+    inputs, labels = mqar(n, seq_len, num_kv_pairs, vocab_size, seed=seed)
     was_training, hits, loss, count = model.training, 0.0, 0.0, 0
     model.eval()
     for a in range(0, n, batch_size):
@@ -59,28 +61,33 @@ def evaluate(model, seq_len=128, num_kv_pairs=32, n=1000, vocab_size=256, seed=E
         m = int((y != -100).sum())
         hits, loss, count = hits + accuracy(logits, y) * m, loss + batch_loss.item() * m, count + m
     model.train(was_training)
-    return {"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "accuracy": hits / count, "loss": loss / count}
+    return {"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "accuracy": hits / count,
+            "loss": loss / count}
 
 
 def batch(step, batch_size, seq_len, pairs, vocab_size, seed):
-    """The training batch of ``step``: split evenly between the settings in ``pairs`` (a mixture)."""
+    """The training batch of ``step``, split evenly between the settings in ``pairs`` (a mix)."""
     n = len(pairs)
     parts = [mqar(batch_size // n + (i < batch_size % n), seq_len, p, vocab_size,
                   seed=(seed * 1_000_003 + step) * 64 + i) for i, p in enumerate(pairs)]
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
-def train(model="linear", *, steps=1000, batch_size=32, seq_len=128, num_kv_pairs=32, vocab_size=256,
-          lr=1e-2, warmup=50, weight_decay=0.1, clip=1.0, seed=0, evals=None, eval_n=1000,
-          log_every=100, eval_every=None, threads=None, device=None, verbose=True, name=None, **model_options):
+def train(model="linear", *, steps=1000, batch_size=32, seq_len=128, num_kv_pairs=32,
+          vocab_size=256, lr=1e-2, warmup=50, weight_decay=0.1, clip=1.0, seed=0, evals=None,
+          eval_n=1000, log_every=100, eval_every=None, threads=None, device=None, verbose=True,
+          name=None, **model_options):
     """Train a preset name (``tiny_lm(model, **model_options)``, built after seeding) or a given
     ``nn.Module`` in place. ``num_kv_pairs`` may be a list: every batch is split evenly between
-    its settings (a mixture, as in Zoology). ``evals``: [(seq_len, num_kv_pairs), ...] evaluated at the end
-    (default: every training setting). ``threads``: torch.set_num_threads for this run.
+    its settings (a mixture, as in Zoology). ``evals``: [(seq_len, num_kv_pairs), ...]
+    evaluated at the end (default: every training setting). ``threads``: torch.set_num_threads.
 
     Returns a dict: config, params, state_size, accuracy (mean over evals), eval (one dict per
     setting), history (step, loss, batch accuracy, lr, seconds; plus eval accuracy every
     ``eval_every`` steps), train_seconds, device."""
+    pairs = list(num_kv_pairs) if isinstance(num_kv_pairs, (list, tuple)) else [num_kv_pairs]
+    _check_train_args(model, steps, batch_size, seq_len, pairs, vocab_size, lr, warmup,
+                      weight_decay, clip, eval_n, log_every, eval_every, threads, evals)
     if threads is not None:
         torch.set_num_threads(threads)
     device = device or default_device()
@@ -89,12 +96,14 @@ def train(model="linear", *, steps=1000, batch_size=32, seq_len=128, num_kv_pair
     if isinstance(model, str):
         model = tiny_lm(model, vocab_size=vocab_size, **model_options)
     model = model.to(device).train()
-    pairs = list(num_kv_pairs) if isinstance(num_kv_pairs, (list, tuple)) else [num_kv_pairs]
-    evals = [tuple(e) for e in evals] if evals is not None else [(seq_len, p) for p in dict.fromkeys(pairs)]
+    if evals is None:
+        evals = [(seq_len, p) for p in dict.fromkeys(pairs)]
+    evals = [tuple(e) for e in evals]
     opt = make_optimizer(model, lr, weight_decay)
-    config = dict(model=name, steps=steps, batch_size=batch_size, seq_len=seq_len, num_kv_pairs=pairs,
-                  vocab_size=vocab_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip=clip,
-                  seed=seed, eval_n=eval_n, model_options={k: v for k, v in model_options.items()})
+    config = dict(model=name, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                  num_kv_pairs=pairs, vocab_size=vocab_size, lr=lr, warmup=warmup,
+                  weight_decay=weight_decay, clip=clip, seed=seed, eval_n=eval_n,
+                  model_options=dict(model_options))
     history, start = [], time.perf_counter()
     for step in range(steps):
         x, y = batch(step, batch_size, seq_len, pairs, vocab_size, seed)
@@ -107,21 +116,48 @@ def train(model="linear", *, steps=1000, batch_size=32, seq_len=128, num_kv_pair
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         last = step == steps - 1
-        if (step + 1) % log_every == 0 or last or (eval_every and (step + 1) % eval_every == 0):
+        evaluate_now = eval_every and (step + 1) % eval_every == 0
+        if (step + 1) % log_every == 0 or last or evaluate_now:
             row = dict(step=step + 1, loss=loss.item(), batch_accuracy=accuracy(logits, y),
                        lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
-            if eval_every and (step + 1) % eval_every == 0 and not last:
-                row["eval_accuracy"] = evaluate(model, *evals[-1], n=eval_n, vocab_size=vocab_size)["accuracy"]
+            if evaluate_now and not last:
+                row["eval_accuracy"] = evaluate(model, *evals[-1], n=eval_n,
+                                                vocab_size=vocab_size)["accuracy"]
             history.append(row)
             if verbose:
                 extra = f"  eval {row['eval_accuracy']:.1%}" if "eval_accuracy" in row else ""
-                print(f"{name:>22}  seed {seed}  step {step + 1:5d}/{steps}  loss {row['loss']:.3f}  "
-                      f"batch acc {row['batch_accuracy']:6.1%}{extra}  {row['seconds']:6.1f}s", flush=True)
+                print(f"{name:>22}  seed {seed}  step {step + 1:5d}/{steps}  "
+                      f"loss {row['loss']:.3f}  batch acc {row['batch_accuracy']:6.1%}{extra}  "
+                      f"{row['seconds']:6.1f}s", flush=True)
     train_seconds = time.perf_counter() - start
     results = [evaluate(model, s, p, n=eval_n, vocab_size=vocab_size) for s, p in evals]
     if verbose:
-        print(f"{name:>22}  seed {seed}  " + "  ".join(f"acc@{r['num_kv_pairs']}kv/T{r['seq_len']} "
-              f"{r['accuracy']:.1%}" for r in results) + f"  ({train_seconds:.0f}s)", flush=True)
+        accs = "  ".join(f"acc@{r['num_kv_pairs']}kv/T{r['seq_len']} {r['accuracy']:.1%}"
+                         for r in results)
+        print(f"{name:>22}  seed {seed}  {accs}  ({train_seconds:.0f}s)", flush=True)
     return dict(config=config, params=sum(p.numel() for p in model.parameters()),
-                state_size=model.state_size(seq_len), accuracy=sum(r["accuracy"] for r in results) / len(results),
-                eval=results, history=history, train_seconds=train_seconds, device=str(device))
+                state_size=model.state_size(seq_len),
+                accuracy=sum(r["accuracy"] for r in results) / len(results), eval=results,
+                history=history, train_seconds=train_seconds, device=str(device))
+
+
+def _check_train_args(model, steps, batch_size, seq_len, pairs, vocab_size, lr, warmup,
+                      weight_decay, clip, eval_n, log_every, eval_every, threads, evals):
+    if not isinstance(model, (str, torch.nn.Module)):
+        raise TypeError(f"model must be a preset name or an nn.Module, got {type(model).__name__}")
+    for name, x in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
+                    ("vocab_size", vocab_size), ("eval_n", eval_n), ("log_every", log_every)):
+        check_positive_int(name, x)
+    for x in pairs:
+        check_positive_int("num_kv_pairs", x)
+    for name, x in (("eval_every", eval_every), ("threads", threads)):
+        if x is not None:
+            check_positive_int(name, x)
+    check_number("lr", lr)
+    check_number("clip", clip)
+    check_number("weight_decay", weight_decay, positive=False)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    if evals is not None and not all(isinstance(e, (tuple, list)) and len(e) == 2
+                                     for e in evals):
+        raise ValueError(f"evals must be a list of (seq_len, num_kv_pairs) pairs, got {evals!r}")

@@ -88,8 +88,8 @@ def remote_loads(html_dir=HTML):
     found = []
     for page in sorted(html_dir.rglob("*.html")):
         for m in REMOTE.finditer(page.read_text(encoding="utf-8", errors="replace")):
-            if m[1].lower() == "link" and not re.search(r"rel=[\"']?(stylesheet|preload|icon|modulepreload)",
-                                                       m[0], re.I):
+            loads = re.search(r"rel=[\"']?(stylesheet|preload|icon|modulepreload)", m[0], re.I)
+            if m[1].lower() == "link" and not loads:
                 continue                    # <link rel="canonical"/"next"> loads nothing
             found.append((page.relative_to(html_dir), m[3]))
     return found

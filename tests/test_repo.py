@@ -68,3 +68,19 @@ def test_book_infrastructure():
     lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
     for dep in ("mathjax", "requirejs", "@jupyter-widgets/html-manager"):
         assert f"node_modules/{dep}" in lock, f"package-lock.json lacks {dep}"
+
+
+# Lint (ruff: pyflakes + pycodestyle, lines <= 100) over the code that is clean so far.
+LINTED = ["minimc", "book/conftest.py", "scripts/build_book.py", "tests/test_bad_inputs.py",
+          "tests/test_notebook_guards.py"]
+
+
+def test_lint():
+    import shutil
+    import subprocess
+    import sys
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    run = subprocess.run([ruff, "check", *LINTED], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

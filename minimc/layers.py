@@ -177,12 +177,16 @@ class MemoryLayer(Mixer):
 
     def state_size(self, T):
         """Numbers held between tokens at length T: online state, cached states, summaries."""
-        per_state = make_memory(self.memory, self.memory_settings())[0].state_size(self.K, self.K)
+        per_state = self.new_memory().state_size(self.K, self.K)
         if not self.caching:
             return self.H * per_state + self.conv_state()
         c = self.caching
         n = len(segment_bounds(T, c.get("segment_len", 64), c.get("segmentation", "constant"))) - 1
         return self.H * (per_state * (n + 1) + n * self.K) + self.conv_state()
+
+    def new_memory(self):
+        """The memory object this layer runs (its chunk size, its initial weights)."""
+        return make_memory(self.memory, self.memory_settings())[0]
 
     def memory_settings(self):
         """Settings handed to the memory: chunk_size if set, the deep memory's initial weights."""

@@ -141,7 +141,9 @@ class LinearMemory(MatrixMemory):
         pad = (-T) % C                                      # zero keys and values write nothing
 
         def chunks(x):                                      # [B, T, H, D] -> [B, H, n, C, D]
-            return F.pad(x, (0, 0, 0, 0, 0, pad)).transpose(1, 2).unflatten(2, (-1, C))
+            x = F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
+            x = x.transpose(1, 2).contiguous()                              # [B, H, T, D]
+            return x.unflatten(2, (-1, C))
 
         qc, kc, vc = chunks(q), chunks(k), chunks(v)
         scores = qc @ kc.transpose(-1, -2)                  # [B, H, n, C, C]  q_t . k_j
@@ -202,7 +204,7 @@ class SWLAMemory(MatrixMemory):
     """Sliding-window linear attention, window 2 (Eq. 28), the paper's (alpha, beta, lambda) as
     (a, b, c): S_t = a_t S_{t-1} + b_t k_{t-1} v_{t-1}^T + c_t k_t v_t^T. The state also keeps
     (k_{t-1}, v_{t-1})."""
-    token_args = {"a": "(0, 1]", "b": "[0, 1]", "c": "[0, 1]"}
+    token_args = {"a": "[0, 1]", "b": "[0, 1]", "c": "[0, 1]"}     # a = 0: a window of 2
     layer_scalars = {"a": (0.0, 1.0), "b": (0.0, 1.0), "c": (0.0, 1.0)}
 
     def init_state(self, q, k, v):

@@ -49,7 +49,7 @@ CASES = {   # name: (call, error, words that must be in the message)
     "beta above 1": (lambda: mc(memory="delta", beta=ONES * 2), ValueError, ["beta", "[0, 1]"]),
     "negative lr": (lambda: titans(lr=-ONES), ValueError, ["lr", "[0, inf)", "-1"]),
     "momentum 1": (lambda: titans(momentum=ONES), ValueError, ["momentum", "[0, 1)"]),
-    "swla a above 1": (lambda: mc(memory="swla", a=ONES * 2), ValueError, ["a must lie in"]),
+    "swla a above 1": (lambda: mc(memory="swla", a=ONES * 2), ValueError, ["a must lie in [0, 1]"]),
     "momentum to DLA": (lambda: minimc.memory_caching(
         qd, kd, vd, memory="dla", segment_len=4, weights=deep["weights"], momentum=ONES * 0.5),
         ValueError, ["dla", "momentum", "['lr']"]),

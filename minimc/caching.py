@@ -26,11 +26,11 @@ def segment_bounds(T, segment_len, segmentation="constant"):
     """[(start, end), ...] covering 0..T. Constant: length C (the last may be shorter).
     Logarithmic (§4.2): the binary digits of T, largest power of two first (T = 37 -> 32, 4, 1);
     these depend on T, so a prefix is cut differently from the whole sequence."""
-    check_positive_int("T", T)
+    check_positive_int(T=T)
     check_choice("segmentation", segmentation, SEGMENTATIONS)
     T = int(T)                                              # numpy / torch integers too
     if segmentation == "constant":
-        check_positive_int("segment_len", segment_len)
+        check_positive_int(segment_len=segment_len)
         segment_len = int(segment_len)
         return [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
     sizes = [1 << i for i in reversed(range(T.bit_length())) if T >> i & 1]
@@ -181,18 +181,23 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
     return out, dict(gates=gates, selected=selected, bounds=bounds, states=cache, summaries=kbar)
 
 
-def check_caching_args(q, k, v, u, mem, opts, variant, segment_len, segmentation, mode, top_k,
-                       pool, temperature, scale, backend, check_nan=True):
-    check_choice("variant", variant, VARIANTS)
-    check_choice("segmentation", segmentation, SEGMENTATIONS)
-    check_choice("mode", mode, MODES)
-    check_choice("pool", pool, POOLS)
-    check_choice("backend", backend, BACKENDS)
-    check_positive_int("segment_len", segment_len)
-    check_positive_int("top_k", top_k)
+def check_options(variant, segment_len, segmentation, mode, top_k, pool, temperature, scale,
+                  backend):
+    """The caching options shared by memory_caching and CachingStream."""
+    for name, value, choices in (("variant", variant, VARIANTS), ("mode", mode, MODES),
+                                 ("segmentation", segmentation, SEGMENTATIONS),
+                                 ("pool", pool, POOLS), ("backend", backend, BACKENDS)):
+        check_choice(name, value, choices)
+    check_positive_int(segment_len=segment_len, top_k=top_k)
     for name, x in (("temperature", temperature), ("scale", scale)):
         if x is not None:
             check_number(name, x)
+
+
+def check_caching_args(q, k, v, u, mem, opts, variant, segment_len, segmentation, mode, top_k,
+                       pool, temperature, scale, backend, check_nan=True):
+    check_options(variant, segment_len, segmentation, mode, top_k, pool, temperature, scale,
+                  backend)
     check_memory_args(q, k, v, mem, opts, check_nan)
     check_tensor("u", u, q.shape, ("B", "T", "H", "K"))
     check_like("u", u, q)
@@ -222,17 +227,10 @@ class CachingStream:
                  segmentation="constant", mode="checkpoint", top_k=2, pool="mean",
                  temperature=None, scale=None, seq_len=None, backend="torch", check_nan=True,
                  **settings):
-        for name, value, choices in (("variant", variant, VARIANTS), ("mode", mode, MODES),
-                                     ("segmentation", segmentation, SEGMENTATIONS),
-                                     ("pool", pool, POOLS), ("backend", backend, BACKENDS)):
-            check_choice(name, value, choices)
-        check_positive_int("segment_len", segment_len)
-        check_positive_int("top_k", top_k)
-        for name, x in (("temperature", temperature), ("scale", scale)):
-            if x is not None:
-                check_number(name, x)
+        check_options(variant, segment_len, segmentation, mode, top_k, pool, temperature, scale,
+                      backend)
         if seq_len is not None:
-            check_positive_int("seq_len", seq_len)
+            check_positive_int(seq_len=seq_len)
         if segmentation == "log" and seq_len is None:
             raise ValueError("segmentation='log' depends on the sequence length: pass seq_len")
         self.mem, per_token = make_memory(memory, settings)

@@ -47,10 +47,11 @@ def check_choice(name, value, choices):
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_positive_int(name, value):
-    """Python or numpy integers >= 1 (not bool, not float)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_positive_int(**named):
+    """Each value: a Python or numpy integer >= 1 (not bool, not float)."""
+    for name, value in named.items():
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def check_number(name, value, positive=True):

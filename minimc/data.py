@@ -44,9 +44,7 @@ def mqar(n, seq_len=128, num_kv_pairs=32, vocab_size=256, power_a=0.01, seed=0):
 
 
 def _check(n, seq_len, num_kv_pairs, vocab_size, power_a, seed):
-    for name, x in (("n", n), ("seq_len", seq_len), ("num_kv_pairs", num_kv_pairs),
-                    ("vocab_size", vocab_size)):
-        check_positive_int(name, x)
+    check_positive_int(n=n, seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size)
     if isinstance(seed, bool) or not hasattr(seed, "__index__") or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if vocab_size < 4:

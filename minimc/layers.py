@@ -68,8 +68,7 @@ class Attention(Mixer):
     """Causal softmax attention: O(L^2) time, a KV cache that grows with L."""
 
     def __init__(self, d_model, n_heads=2, head_dim=16, conv=4):
-        for name, x in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim)):
-            check_positive_int(name, x)
+        check_positive_int(d_model=d_model, n_heads=n_heads, head_dim=head_dim)
         super().__init__(d_model, n_heads, head_dim, conv)
 
     def forward(self, x):
@@ -113,9 +112,7 @@ class MemoryLayer(Mixer):
     def __init__(self, d_model, n_heads=2, head_dim=16, memory="linear", caching=None, conv=4,
                  decay=False, chunk_size=None, expansion=4):
         check_choice("memory", memory, MEMORIES)
-        for name, x in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim),
-                        ("expansion", expansion)):
-            check_positive_int(name, x)
+        check_positive_int(d_model=d_model, n_heads=n_heads, head_dim=head_dim, expansion=expansion)
         super().__init__(d_model, n_heads, head_dim, conv, extra=1 if caching else 0)
         self.cls = cls = MEMORIES[memory]
         if decay and not cls.optional_args:
@@ -248,9 +245,7 @@ class TinyLM(nn.Module):
     """Embedding -> n_layers x [norm, mixer, residual; norm, MLP, residual] -> norm -> head."""
 
     def __init__(self, vocab_size, d_model=32, n_layers=1, mixer="linear", mlp=4, **mixer_options):
-        for name, x in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
-                        ("mlp", mlp)):
-            check_positive_int(name, x)
+        check_positive_int(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, mlp=mlp)
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(d_model, mixer, **mixer_options),

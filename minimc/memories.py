@@ -131,35 +131,35 @@ class LinearMemory(MatrixMemory):
         return (S + k[..., :, None] * v[..., None, :],)
 
     def forward(self, q, k, v, state, decay=None):
-        """Chunkwise-parallel form: chunks of C tokens; G_t = prod of decays from the chunk's
+        """Chunkwise-parallel form: chunks of c tokens; G_t = prod of decays from the chunk's
         start to t. For a chunk with start state S0:
             o_t = G_t q_t^T S0 + sum_{j <= t} (G_t / G_j) (q_t . k_j) v_j     (inter + intra)
-            S   = G_C S0 + sum_j (G_C / G_j) k_j v_j^T                       (next chunk's start)
+            S   = G_c S0 + sum_j (G_c / G_j) k_j v_j^T                       (next chunk's start)
         Every chunk's intra part and write at once; a short scan over chunks for the states."""
         B, T, H, K = q.shape
-        C = min(self.chunk_size, T)
-        pad = (-T) % C                                      # zero keys and values write nothing
+        c = min(self.chunk_size, T)
+        pad = (-T) % c                                      # zero keys and values write nothing
 
-        def chunks(x):                                      # [B, T, H, D] -> [B, H, n, C, D]
+        def chunks(x):                                      # [B, T, H, D] -> [B, H, n, c, D]
             x = F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
             x = x.transpose(1, 2).contiguous()                              # [B, H, T, D]
-            return x.unflatten(2, (-1, C))
+            return x.unflatten(2, (-1, c))
 
         qc, kc, vc = chunks(q), chunks(k), chunks(v)
-        scores = qc @ kc.transpose(-1, -2)                  # [B, H, n, C, C]  q_t . k_j
+        scores = qc @ kc.transpose(-1, -2)                  # [B, H, n, c, c]  q_t . k_j
         if decay is None:                                   # G = 1: the causal mask only
-            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
             scores = scores.masked_fill(~causal, 0)
-            k_to_end, q_from_start = kc, qc                 # [B, H, n, C, K]
+            k_to_end, q_from_start = kc, qc                 # [B, H, n, c, K]
             chunk_decay = q.new_ones(B, H, qc.shape[2])     # [B, H, n]
         else:
-            log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, C))   # [B, H, n, C]
-            log_g = log_a.cumsum(-1)                        # [B, H, n, C]  log G_t
-            scores = scores * decay_matrix(log_a)           # [B, H, n, C, C]  x G_t / G_j
-            k_to_end = kc * (log_g[..., -1:] - log_g).exp()[..., None]   # x G_C / G_j
+            log_a = F.pad(_log(decay, k), (0, pad)).unflatten(-1, (-1, c))   # [B, H, n, c]
+            log_g = log_a.cumsum(-1)                        # [B, H, n, c]  log G_t
+            scores = scores * decay_matrix(log_a)           # [B, H, n, c, c]  x G_t / G_j
+            k_to_end = kc * (log_g[..., -1:] - log_g).exp()[..., None]   # x G_c / G_j
             q_from_start = qc * log_g.exp()[..., None]      # x G_t
-            chunk_decay = log_g[..., -1].exp()              # [B, H, n]  G_C
-        intra = scores @ vc                                 # [B, H, n, C, V]
+            chunk_decay = log_g[..., -1].exp()              # [B, H, n]  G_c
+        intra = scores @ vc                                 # [B, H, n, c, V]
         writes = k_to_end.transpose(-1, -2) @ vc            # [B, H, n, K, V]
         S, starts = state[0], []
         for a, w in zip(chunk_decay.unbind(2), writes.unbind(2)):   # the scan over chunks
@@ -190,11 +190,11 @@ class DeltaMemory(MatrixMemory):
         S, outs, k = state[0], [], F.normalize(k, dim=-1)
         beta = torch.ones_like(k[..., 0]) if beta is None else beta
         chunks = (x.transpose(1, 2).split(self.chunk_size, 2) for x in (q, k, v, beta[..., None]))
-        for qc, kc, vc, bc in zip(*chunks):                 # [B, H, C, D], bc [B, H, C, 1]
-            A = (bc * kc @ kc.transpose(-1, -2)).tril(-1)   # [B, H, C, C]
+        for qc, kc, vc, bc in zip(*chunks):                 # [B, H, c, D], bc [B, H, c, 1]
+            A = (bc * kc @ kc.transpose(-1, -2)).tril(-1)   # [B, H, c, c]
             eye = torch.eye(qc.shape[2], dtype=q.dtype, device=q.device)
             u = torch.linalg.solve_triangular(eye + A, bc * (vc - kc @ S), upper=False)
-            o = qc @ S + (qc @ kc.transpose(-1, -2)).tril() @ u               # [B, H, C, V]
+            o = qc @ S + (qc @ kc.transpose(-1, -2)).tril() @ u               # [B, H, c, V]
             S = S + kc.transpose(-1, -2) @ u
             outs.append(o)
         return torch.cat(outs, 2).transpose(1, 2), (S,)
@@ -269,13 +269,13 @@ class DeepMemory(Memory):
 
     def _grads(self, W1, W2, k, v):
         """Closed-form per-token gradients of the loss at fixed weights.
-        k, v: [B, H, C, K]; W1 [B, H, E, K]; W2 [B, H, K, E] -> [B, H, C, E, K], [B, H, C, K, E]."""
-        z = k @ W2                                                          # [B, H, C, E]
+        k, v: [B, H, c, K]; W1 [B, H, E, K]; W2 [B, H, K, E] -> [B, H, c, E, K], [B, H, c, K, E]."""
+        z = k @ W2                                                          # [B, H, c, E]
         h = F.gelu(z)
         dy = self._dloss(k + h @ W1, v)                                     # dloss / dM(k)
         gelu_slope = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / (
             math.sqrt(2 * math.pi))
-        dz = (dy @ W1.transpose(-1, -2)) * gelu_slope                       # [B, H, C, E]
+        dz = (dy @ W1.transpose(-1, -2)) * gelu_slope                       # [B, H, c, E]
         return h[..., :, None] * dy[..., None, :], k[..., :, None] * dz[..., None, :]
 
     def step(self, state, k, v, lr=None, momentum=None, decay=None):
@@ -295,7 +295,7 @@ class DeepMemory(Memory):
         momentum m0), P_t and D_t the products of momentum and decay since the chunk started:
             m_t = P_t m0 + sum_j (P_t / P_j) lr_j G_j
             W_t = D_t W0 - sum_{r <= t} (D_t / D_r) m_r
-                = D_t W0 - c_t m0 - sum_j Cw[t, j] G_j,   c_t = sum_r (D_t / D_r) P_r,
+                = D_t W0 - s_t m0 - sum_j Cw[t, j] G_j,   s_t = sum_r (D_t / D_r) P_r,
                                                           Cw  = (D_t / D_r) @ ((P_r / P_j) lr_j)
         Every token's weights at once, as weighted sums of the chunk's gradients."""
         lr = torch.ones_like(k[..., 0]) if lr is None else lr
@@ -304,21 +304,21 @@ class DeepMemory(Memory):
         lr = lr.transpose(1, 2)                                                       # [B, H, T]
         W1, W2, m1, m2 = state
         stacks = []
-        spans = [x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)]   # [B, H, C, K]
-        spans += [x.split(self.chunk_size, -1) for x in (log_dec, log_mom, lr)]   # [B, H, C]
+        spans = [x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)]   # [B, H, c, K]
+        spans += [x.split(self.chunk_size, -1) for x in (log_dec, log_mom, lr)]   # [B, H, c]
         for kc, vc, ld, lm, lrc in zip(*spans):
-            g1, g2 = self._grads(W1, W2, kc, vc)            # [B, H, C, E, K], [B, H, C, K, E]
-            P, D = lm.cumsum(-1).exp(), ld.cumsum(-1).exp()                 # [B, H, C]
-            Lm = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, C, C]
-            Ld = decay_matrix(ld)                                           # [B, H, C, C]
-            c = (Ld @ P[..., None])[..., 0]                                 # [B, H, C]
-            Cw = Ld @ Lm                                                    # [B, H, C, C]
+            g1, g2 = self._grads(W1, W2, kc, vc)            # [B, H, c, E, K], [B, H, c, K, E]
+            P, D = lm.cumsum(-1).exp(), ld.cumsum(-1).exp()                 # [B, H, c]
+            Lm = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, c, c]
+            Ld = decay_matrix(ld)                                           # [B, H, c, c]
+            coef = (Ld @ P[..., None])[..., 0]                              # [B, H, c]  s_t
+            Cw = Ld @ Lm                                                    # [B, H, c, c]
             chunk = []
             for W, m, g in ((W1, m1, g1), (W2, m2, g2)):
                 w0, m0 = W[:, :, None], m[:, :, None]                       # [B, H, 1, ...]
                 m_t = _scale(P, m0) + torch.einsum("bhtj,bhj...->bht...", Lm, g)
-                W_t = _scale(D, w0) - _scale(c, m0) - torch.einsum("bhtj,bhj...->bht...", Cw, g)
-                chunk.append((W_t, m_t))                                    # [B, H, C, ...]
+                W_t = _scale(D, w0) - _scale(coef, m0) - torch.einsum("bhtj,bhj...->bht...", Cw, g)
+                chunk.append((W_t, m_t))                                    # [B, H, c, ...]
             (W1s, m1s), (W2s, m2s) = chunk
             stacks.append((W1s, W2s, m1s, m2s))
             W1, W2, m1, m2 = W1s[:, :, -1], W2s[:, :, -1], m1s[:, :, -1], m2s[:, :, -1]
@@ -341,7 +341,7 @@ class DeepMemory(Memory):
 
 
 def _scale(s, x):
-    """A per-token scalar s [B, H, C] times x [B, H, 1 or C, a, b]."""
+    """A per-token scalar s [B, H, c] times x [B, H, 1 or c, a, b]."""
     return s[..., None, None] * x
 
 
@@ -384,7 +384,7 @@ def make_memory(memory, options):
                          "(see minimc.init_deep_weights)")
     settings = {n: x for n, x in options.items() if n in cls.settings}
     if "chunk_size" in settings:
-        check_positive_int("chunk_size", settings["chunk_size"])
+        check_positive_int(chunk_size=settings["chunk_size"])
     per_token = {n: options[n] for n in cls.token_args if options.get(n) is not None}
     return cls(**settings), per_token
 

@@ -145,14 +145,11 @@ def _check_train_args(model, steps, batch_size, seq_len, pairs, vocab_size, lr, 
                       weight_decay, clip, eval_n, log_every, eval_every, threads, evals):
     if not isinstance(model, (str, torch.nn.Module)):
         raise TypeError(f"model must be a preset name or an nn.Module, got {type(model).__name__}")
-    for name, x in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
-                    ("vocab_size", vocab_size), ("eval_n", eval_n), ("log_every", log_every)):
-        check_positive_int(name, x)
-    for x in pairs:
-        check_positive_int("num_kv_pairs", x)
-    for name, x in (("eval_every", eval_every), ("threads", threads)):
-        if x is not None:
-            check_positive_int(name, x)
+    check_positive_int(steps=steps, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size,
+                       eval_n=eval_n, log_every=log_every, **{f"num_kv_pairs[{i}]": x
+                                                              for i, x in enumerate(pairs)})
+    check_positive_int(**{n: x for n, x in (("eval_every", eval_every), ("threads", threads))
+                          if x is not None})
     check_number("lr", lr)
     check_number("clip", clip)
     check_number("weight_decay", weight_decay, positive=False)

@@ -84,3 +84,50 @@ def test_lint():
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     run = subprocess.run([ruff, "check", *LINTED], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _minimc_imports(path):
+    """Modules of minimc that a file imports anywhere (inside functions too), and whether it
+    imports triton."""
+    import ast
+    names, triton = set(), False
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                names.add(node.module.split(".")[0])
+            elif node.level == 1:
+                names.update(a.name for a in node.names)
+            elif (node.module or "").startswith("minimc."):
+                names.add(node.module.split(".")[1])
+            triton |= (node.module or "").split(".")[0] == "triton"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("minimc."):
+                    names.add(a.name.split(".")[1])
+                triton |= a.name.split(".")[0] == "triton"
+    return names, triton
+
+
+def test_library_has_no_import_cycle_and_one_triton_module():
+    files = {p.stem: p for p in (ROOT / "minimc").glob("*.py") if p.stem != "__init__"}
+    graph, with_triton = {}, []
+    for name, path in files.items():
+        graph[name], triton = _minimc_imports(path)
+        if triton:
+            with_triton.append(name)
+    assert with_triton == ["kernel"], f"only minimc/kernel.py may import triton: {with_triton}"
+    assert _minimc_imports(files["checks"])[0] == set(), "checks.py must be a leaf"
+    done, path = set(), []
+
+    def visit(node):                                       # depth-first search for a cycle
+        assert node not in path, f"import cycle: {' -> '.join(path + [node])}"
+        if node in done:
+            return
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            visit(nxt)
+        path.pop()
+        done.add(node)
+
+    for name in graph:
+        visit(name)

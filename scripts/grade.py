@@ -3,10 +3,12 @@
     make grade                                    # every chapter, your exercises/
     python scripts/grade.py --chapter 1           # one chapter (or --chapter 1,5)
     python scripts/grade.py --impl solutions      # grade the reference solutions instead
+    python scripts/grade.py --impl ~/my_attempts  # grade the chNN_*.py files of another folder
     %run ../scripts/grade.py --chapter 1          # a notebook's "check your work" cell (cwd book/)
 
 The tests run in a fresh pytest process (so your latest edits are the ones graded), each with a
-time limit, and grading never stops at the first failure. Exit status 0 unless --strict is given
+time limit (a function that does not return within 10 s is named and its remaining tests are
+counted as failed without running), and grading never stops at the first failure. Exit status 0 unless --strict is given
 and a test fails, or the tests could not run at all.
 """
 import argparse
@@ -21,6 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests" / "exercises"
 OVERALL_TIMEOUT = float(os.environ.get("MINIMC_GRADE_TIMEOUT", 1800))   # seconds for one run
+NOT_RUN = "not run: "           # how tests/grading.py skips the later tests of a timed-out function
+
+
+def counts(outcome, why):
+    """Whether a result counts in the score: every test but a skip for another reason."""
+    return outcome != "skipped" or (why or "").startswith(NOT_RUN)
 
 
 def chapters():
@@ -51,6 +59,7 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
     """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "results.jsonl"
+        impl = impl if impl in ("exercises", "solutions") else str(Path(impl).expanduser().resolve())
         cmd = [sys.executable, "-m", "pytest", *map(str, files), f"--impl={impl}",
                f"--grade-json={log}", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -107,7 +116,7 @@ def grade(selected=None, impl=None, strict=False, out=print):
         slug, path = known[n]
         mine = {k: v for k, v in results.items() if k.split("::")[0].endswith(path.name)}
         ok = sum(o == "passed" for o, _ in mine.values())
-        counted = sum(o != "skipped" for o, _ in mine.values())
+        counted = sum(counts(o, why) for o, why in mine.values())
         total, passed = total + counted, passed + ok
         mark = "✓" if counted and ok == counted and path.name not in broken else "✗"
         if mark == "✗" and first_bad is None:
@@ -116,7 +125,7 @@ def grade(selected=None, impl=None, strict=False, out=print):
         if path.name in broken:
             out(f"      ✗ the tests could not be loaded: {broken[path.name]}")
         failing = [(k.split("::", 1)[1], why or o) for k, (o, why) in mine.items()
-                   if o in ("failed", "not run")]
+                   if o in ("failed", "not run") or (o == "skipped" and counts(o, why))]
         for why in dict.fromkeys(w for _, w in failing):       # one entry per distinct reason
             names = [name for name, w in failing if w == why]
             bases = list(dict.fromkeys(name.split("[")[0] for name in names))
@@ -141,8 +150,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chapter", action="append", default=[],
                         help="chapter number(s) to grade, e.g. 1 or 1,5 (default: all)")
-    parser.add_argument("--impl", choices=("exercises", "solutions"), default=None,
-                        help="what to grade (default: $MINIMC_IMPL or exercises)")
+    parser.add_argument("--impl", default=None,
+                        help="what to grade: exercises, solutions or a folder of chNN_*.py files "
+                             "(default: $MINIMC_IMPL or exercises)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 unless all pass")
     args = parser.parse_args(argv)
     selected = [int(c) for arg in args.chapter for c in arg.split(",") if c.strip()]

@@ -17,7 +17,8 @@ def test_verdicts():
     assert check_close(x.clone(), x) == "exact"
     assert check_close(x + 1e-9, x) == "close"
     assert check_close((x, 2.0), (x, 2.0)) == "exact"
-    assert check_close(x.float() / 3, x / 3) == "close"
+    assert check_close(x.float() / 3, x / 3, dtype=False) == "close"
+    assert "dtype torch.float32, expected torch.float64" in message(x.float(), x)
 
 
 def test_messages():

@@ -40,7 +40,7 @@ __all__ = ["GradingError", "LearnerTimeout", "LIMIT", "call_learner", "time_limi
            "check_true", "check_causal", "TIMED_OUT"]
 
 LIMIT = float(os.environ.get("MINIMC_CALL_TIMEOUT", 10))   # seconds one learner call may take
-TIMED_OUT = {}                                             # "module.function" -> its limit (s)
+TIMED_OUT = {}                                             # function name -> its limit (s)
 SKIP_PREFIX = "not run: "                                  # scripts/grade.py counts these as failed
 
 
@@ -58,21 +58,16 @@ def _fail(msg):
 
 # ---- calling the learner ---------------------------------------------------------------------
 
-def _key(fn):
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
 @contextlib.contextmanager
-def time_limit(name, seconds=None, key=None):
+def time_limit(name, seconds=None):
     """Raise LearnerTimeout naming ``name`` when the block runs longer than ``seconds``.
 
     Uses SIGALRM (main thread only; elsewhere the block runs without a limit). An outer timer
     already running (pytest-timeout's signal method) keeps working: it is re-armed afterwards
     with the time it had left, and fires as usual if it is due first."""
     seconds = LIMIT if seconds is None else float(seconds)
-    key = key or name
-    if key in TIMED_OUT:
-        pytest.skip(f"{SKIP_PREFIX}`{name}` did not return within {TIMED_OUT[key]:g} s in an "
+    if name in TIMED_OUT:
+        pytest.skip(f"{SKIP_PREFIX}`{name}` did not return within {TIMED_OUT[name]:g} s in an "
                     "earlier test (an endless loop?)")
     if (seconds <= 0 or not hasattr(signal, "SIGALRM")
             or threading.current_thread() is not threading.main_thread()):
@@ -85,7 +80,7 @@ def time_limit(name, seconds=None, key=None):
 
     def handler(signum, frame):
         if mine_first:
-            TIMED_OUT[key] = seconds
+            TIMED_OUT[name] = seconds
             raise LearnerTimeout(f"`{name}` did not return within {seconds:g} s: an endless loop?")
         signal.signal(signal.SIGALRM, outer_handler)            # the outer timer is due: its turn
         if callable(outer_handler):
@@ -152,7 +147,7 @@ def call_learner(fn, /, *args, _name=None, _limit=None, **kwargs):
     name = _name or getattr(fn, "__name__", "your function")
     c_args, c_kwargs = _clone(args), _clone(kwargs)
     try:
-        with time_limit(name, _limit, key=_key(fn) if _name is None else name):
+        with time_limit(name, _limit):
             result = fn(*c_args, **c_kwargs)
     except (NotImplementedError, GradingError, pytest.skip.Exception):
         raise

@@ -85,6 +85,31 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
     return results, output, note
 
 
+def summarise(failing):
+    """[(label, reason)] for failing [(test name, reason)]: one entry per reason shared by several
+    tests ("5 tests: not implemented yet: f"), else one per test function, with the reason of its
+    first failing case ("test_x (4 tests, the first): ...")."""
+    by_reason = {}
+    for name, why in failing:
+        by_reason.setdefault(why, []).append(name)
+    entries = {}                                   # label key -> [count, reason, cases differ]
+    for why, names in by_reason.items():
+        bases = list(dict.fromkeys(name.split("[")[0] for name in names))
+        if len(bases) > 1:
+            entries[("many", why)] = [len(names), why, False, f"{len(names)} tests"]
+        elif bases[0] in entries:
+            entries[bases[0]][0] += len(names)
+            entries[bases[0]][2] = True
+        else:
+            entries[bases[0]] = [len(names), why, False, bases[0]]
+    out = []
+    for n, why, differ, label in entries.values():
+        if not label.endswith(" tests") and n > 1:
+            label += f" ({n} tests{', the first' if differ else ''})"
+        out.append((label, why))
+    return out
+
+
 def collection_errors(output):
     """{test file: message} for test files pytest could not import."""
     errors = {}
@@ -126,11 +151,7 @@ def grade(selected=None, impl=None, strict=False, out=print):
             out(f"      ✗ the tests could not be loaded: {broken[path.name]}")
         failing = [(k.split("::", 1)[1], why or o) for k, (o, why) in mine.items()
                    if o in ("failed", "not run") or (o == "skipped" and counts(o, why))]
-        for why in dict.fromkeys(w for _, w in failing):       # one entry per distinct reason
-            names = [name for name, w in failing if w == why]
-            bases = list(dict.fromkeys(name.split("[")[0] for name in names))
-            label = f"{len(names)} tests" if len(bases) > 1 else bases[0]
-            label += f" ({len(names)} tests)" if len(bases) == 1 and len(names) > 1 else ""
+        for label, why in summarise(failing):
             lines = why.splitlines() or ["failed"]
             out(f"  ✗ {label}: {lines[0]}")
             for line in lines[1:2]:

@@ -61,7 +61,8 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
         log = Path(tmp) / "results.jsonl"
         impl = impl if impl in ("exercises", "solutions") else str(Path(impl).expanduser().resolve())
         cmd = [sys.executable, "-m", "pytest", *map(str, files), f"--impl={impl}",
-               f"--grade-json={log}", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+               f"--grade-json={log}", "-q", "--tb=line", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors"]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         note = None
         try:
@@ -115,6 +116,11 @@ def collection_errors(output):
     errors = {}
     for m in re.finditer(r"^ERROR (tests/exercises/\S+\.py)(?: - (.*))?$", output, re.M):
         errors[Path(m[1]).name] = m[2] or "could not collect the tests"
+    for m in re.finditer(r"ERROR collecting (tests/exercises/\S+\.py)[ _]*\n(.*?)(?=\n_{3,}|\n={3,}|\Z)",
+                         output, re.S):
+        last = re.findall(r"^E +(.+)$", m[2], re.M)
+        if last:
+            errors[Path(m[1]).name] = last[-1].strip()
     return errors
 
 

@@ -55,8 +55,9 @@ def title(number, slug):
     return slug.split("_", 1)[1].replace("_", " ").capitalize()
 
 
-def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
-    """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note)."""
+def run_pytest(files, impl, timeout=OVERALL_TIMEOUT, records=None):
+    """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note).
+    ``records``: a list that receives every raw JSON record (with each phase's seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "results.jsonl"
         impl = impl if impl in ("exercises", "solutions") else str(Path(impl).expanduser().resolve())
@@ -73,7 +74,9 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
         except subprocess.TimeoutExpired as exc:
             output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
             note = f"grading stopped after {timeout:g} s (a test that cannot be interrupted?)"
-        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        lines = log.read_text().splitlines() if log.exists() else []
+    records = records if records is not None else []
+    records.extend(json.loads(line) for line in lines)
     results = {}
     for r in records:                      # collected -> "not run" until a phase reports
         if r["when"] == "collected":

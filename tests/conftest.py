@@ -199,5 +199,5 @@ def pytest_runtest_logreport(report):
         why = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped"
         why = why[len("Skipped: "):] if why.startswith("Skipped: ") else why
     with open(path, "a") as f:
-        f.write(json.dumps({"nodeid": report.nodeid, "when": report.when,
-                            "outcome": report.outcome, "diagnosis": why}) + "\n")
+        f.write(json.dumps({"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                            "diagnosis": why, "seconds": round(report.duration, 3)}) + "\n")

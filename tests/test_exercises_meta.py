@@ -31,7 +31,11 @@ def functions(module):
 @pytest.fixture(scope="module")
 def runs():
     files = sorted(grade.chapters()[n][1] for n in grade.chapters())
-    return {impl: grade.run_pytest(files, impl, timeout=1200) for impl in ("solutions", "exercises")}
+    return {impl: grade.run_pytest(files, impl, timeout=1200, records=RECORDS[impl])
+            for impl in ("solutions", "exercises")}
+
+
+RECORDS = {"solutions": [], "exercises": []}          # raw JSON records of the two runs
 
 
 def test_every_chapter_has_solutions_and_tests():
@@ -85,6 +89,26 @@ def test_solutions_pass_every_exercise_test(runs):
     assert results and note is None, f"the exercise tests did not run ({note}):\n{output[-3000:]}"
     bad = {k: v for k, v in results.items() if v[0] not in ("passed", "skipped")}
     assert not bad, "solutions fail:\n" + "\n".join(f"{k}: {v[1]}" for k, v in bad.items())
+
+
+@needs_exercises
+def test_solutions_run_well_within_the_time_limit(runs):
+    """The per-call limit (grading.LIMIT, 10 s; 30 s for the Triton kernels) must leave a wide
+    margin over the slowest solution, so a slow machine never fails a right answer."""
+    import grading
+    seconds = {r["nodeid"]: r["seconds"] for r in RECORDS["solutions"] if r.get("when") == "call"}
+    assert seconds, "no timings recorded"
+    slowest = max(seconds, key=seconds.get)
+    assert seconds[slowest] < grading.LIMIT / 3, f"{slowest} took {seconds[slowest]} s"
+
+
+def test_every_exercise_test_grades_through_impl():
+    """Every exercise test takes the ``impl`` fixture (whose functions run through
+    grading.call_learner: clones, time limit, None and in-place checks)."""
+    for path in sorted((ROOT / "tests" / "exercises").glob("test_ch*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                assert "impl" in [a.arg for a in node.args.args], f"{path.name}::{node.name}"
 
 
 @needs_exercises

@@ -4,7 +4,8 @@ Chapters 1-3 wrote memories that map (q, k, v) to outputs. In a model the memory
 it makes q, k and v from the layer's input x [B, T, D], and hands back [B, T, D]. Chapter 4
 trains such layers on MQAR; this exercise is their forward pass, written out.
 
-Grade:  python scripts/grade.py --chapter 4     (or: python -m pytest tests/exercises/test_ch04_layer.py)
+Grade:  python scripts/grade.py --chapter 4
+        (or: python -m pytest tests/exercises/test_ch04_layer.py)
 """
 import torch
 import torch.nn.functional as F

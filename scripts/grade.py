@@ -8,8 +8,8 @@
 
 The tests run in a fresh pytest process (so your latest edits are the ones graded), each with a
 time limit (a function that does not return within 10 s is named and its remaining tests are
-counted as failed without running), and grading never stops at the first failure. Exit status 0 unless --strict is given
-and a test fails, or the tests could not run at all.
+counted as failed without running), and grading never stops at the first failure. Exit status 0
+unless --strict is given and a test fails, or the tests could not run at all.
 """
 import argparse
 import json
@@ -51,7 +51,8 @@ def title(number, slug):
             source = "".join(cell.get("source", ""))
             for line in source.splitlines() if cell.get("cell_type") == "markdown" else []:
                 if line.startswith("# "):
-                    return re.sub(r"^(chapter\s+)?\d+\s*[:.\-–—]\s*", "", line[2:].strip(), flags=re.I)
+                    return re.sub(r"^(chapter\s+)?\d+\s*[:.\-–—]\s*", "", line[2:].strip(),
+                                  flags=re.I)
     return slug.split("_", 1)[1].replace("_", " ").capitalize()
 
 
@@ -60,14 +61,16 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT, records=None):
     ``records``: a list that receives every raw JSON record (with each phase's seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "results.jsonl"
-        impl = impl if impl in ("exercises", "solutions") else str(Path(impl).expanduser().resolve())
+        if impl not in ("exercises", "solutions"):
+            impl = str(Path(impl).expanduser().resolve())
         cmd = [sys.executable, "-m", "pytest", *map(str, files), f"--impl={impl}",
                f"--grade-json={log}", "-q", "--tb=line", "-p", "no:cacheprovider",
                "--continue-on-collection-errors"]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         note = None
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
             output = proc.stdout + proc.stderr
             if proc.returncode not in (0, 1):
                 note = f"pytest exited with status {proc.returncode}"
@@ -119,8 +122,8 @@ def collection_errors(output):
     errors = {}
     for m in re.finditer(r"^ERROR (tests/exercises/\S+\.py)(?: - (.*))?$", output, re.M):
         errors[Path(m[1]).name] = m[2] or "could not collect the tests"
-    for m in re.finditer(r"ERROR collecting (tests/exercises/\S+\.py)[ _]*\n(.*?)(?=\n_{3,}|\n={3,}|\Z)",
-                         output, re.S):
+    section = r"ERROR collecting (tests/exercises/\S+\.py)[ _]*\n(.*?)(?=\n_{3,}|\n={3,}|\Z)"
+    for m in re.finditer(section, output, re.S):
         last = re.findall(r"^E +(.+)$", m[2], re.M)
         if last:
             errors[Path(m[1]).name] = last[-1].strip()

@@ -61,7 +61,7 @@ def linear_attention_chunked(q, k, v, chunk_size=64, scale=None):
         C = qc.shape[2]
         mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()  # [C, C] causal
         scores = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0)         # [B, H, C, C]
-        outs.append(qc @ S + scores @ vc)                                  # inter + intra, [B, H, C, V]
+        outs.append(qc @ S + scores @ vc)  # inter + intra, [B, H, C, V]
         S = S + kc.transpose(-1, -2) @ vc                                  # [B, H, K, V]
     return torch.cat(outs, 2).transpose(1, 2), S                           # [B, T, H, V]
 

@@ -43,7 +43,7 @@ def swla_step(state, k, v, a, b, c):
     """
     S, k_prev, v_prev = state
     S = a[..., None, None] * S                                             # decay: [B, H, K, V]
-    S = S + torch.einsum("bhk,bhv->bhkv", b[..., None] * k_prev, v_prev)   # the previous pair, again
+    S = S + torch.einsum("bhk,bhv->bhkv", b[..., None] * k_prev, v_prev)  # the previous pair, again
     S = S + torch.einsum("bhk,bhv->bhkv", c[..., None] * k, v)             # the current pair
     return S, k, v
 

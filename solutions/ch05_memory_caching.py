@@ -29,7 +29,7 @@ def segment_bounds(T, segment_len, segmentation="constant"):
     if segmentation == "constant":
         return [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
     if segmentation == "log":
-        sizes = [2 ** i for i in reversed(range(T.bit_length())) if (T >> i) & 1]   # binary digits of T
+        sizes = [2 ** i for i in reversed(range(T.bit_length())) if (T >> i) & 1]  # T's bits
         bounds, start = [], 0
         for size in sizes:
             bounds.append((start, start + size))
@@ -72,12 +72,12 @@ def cache_states(q, k, v, segment_len, mode="checkpoint"):
     checkpoint -> [1 + 4, 1 + 4 + 9] = [5, 14];  independent -> [1 + 4, 9] = [5, 9].
     """
     B, T, H, K = k.shape
-    S = k.new_zeros(B, H, K, v.shape[-1])                                   # [B, H, K, V] the memory
+    S = k.new_zeros(B, H, K, v.shape[-1])  # [B, H, K, V] the memory
     states = []
     for a in range(0, T, segment_len):
         if mode == "independent":
-            S = torch.zeros_like(S)                                         # a fresh memory per segment
-        ks, vs = k[:, a:a + segment_len], v[:, a:a + segment_len]           # [B, C, H, K], [B, C, H, V]
-        S = S + torch.einsum("bchk,bchv->bhkv", ks, vs)                    # all writes of the segment
+            S = torch.zeros_like(S)  # a fresh memory per segment
+        ks, vs = k[:, a:a + segment_len], v[:, a:a + segment_len]  # [B, C, H, K], [B, C, H, V]
+        S = S + torch.einsum("bchk,bchv->bhkv", ks, vs)  # all writes of the segment
         states.append(S)
     return torch.stack(states, 2)                                           # [B, H, N, K, V]

@@ -27,9 +27,9 @@ def residual_readout(online, states, q, segment_len):
     """
     B, T, H, K = q.shape
     N = states.shape[2]
-    seg = torch.arange(T, device=q.device) // segment_len                  # [T] segment of each token
-    valid = (torch.arange(N, device=q.device) < seg[:, None]).to(q.dtype)   # [T, N] 1 where i < s(t)
-    reads = torch.einsum("bthk,bhnkv->bthnv", q, states)                   # [B, T, H, N, V] every S_i^T q_t
+    seg = torch.arange(T, device=q.device) // segment_len  # [T] segment of each token
+    valid = (torch.arange(N, device=q.device) < seg[:, None]).to(q.dtype)  # [T, N] 1 where i < s(t)
+    reads = torch.einsum("bthk,bhnkv->bthnv", q, states)  # [B, T, H, N, V] every S_i^T q_t
     return online + torch.einsum("tn,bthnv->bthv", valid, reads)            # [B, T, H, V]
 
 

@@ -32,17 +32,18 @@ def causal_gates(u, k, segment_len, temperature):
     """
     B, T, H, K = k.shape
     N = -(-T // segment_len)                                                # ceil(T / C)
-    seg = torch.arange(T, device=k.device) // segment_len                  # [T] segment of each token
+    seg = torch.arange(T, device=k.device) // segment_len  # [T] segment of each token
     pad = N * segment_len - T
-    kp = torch.cat([k, k.new_zeros(B, pad, H, K)], 1)                      # [B, N * C, H, K] zero keys at the end
+    kp = torch.cat([k, k.new_zeros(B, pad, H, K)], 1)  # [B, N * C, H, K] zero keys at the end
     lengths = torch.full((N,), segment_len, dtype=k.dtype, device=k.device)
-    lengths[-1] = T - (N - 1) * segment_len                                 # the last segment may be shorter
-    kbar = kp.unflatten(1, (N, segment_len)).sum(2) / lengths[:, None, None]   # [B, N, H, K] mean keys
-    running = kp.unflatten(1, (N, segment_len)).cumsum(2).flatten(1, 2)[:, :T]  # [B, T, H, K] sum since segment start
-    count = (torch.arange(T, device=k.device) - seg * segment_len + 1).to(k.dtype)   # [T] tokens so far
-    online = running / count[:, None, None]                                  # [B, T, H, K] running mean
+    lengths[-1] = T - (N - 1) * segment_len  # the last segment may be shorter
+    segs = kp.unflatten(1, (N, segment_len))                               # [B, N, C, H, K]
+    kbar = segs.sum(2) / lengths[:, None, None]                            # [B, N, H, K] mean keys
+    running = segs.cumsum(2).flatten(1, 2)[:, :T]           # [B, T, H, K] sum since segment start
+    count = (torch.arange(T, device=k.device) - seg * segment_len + 1).to(k.dtype)   # [T] so far
+    online = running / count[:, None, None]  # [B, T, H, K] running mean
     scores = torch.einsum("bthk,bnhk->bthn", u, kbar) * temperature         # [B, T, H, N]
     online_score = (u * online).sum(-1, keepdim=True) * temperature         # [B, T, H, 1]
-    valid = torch.arange(N, device=k.device) < seg[:, None]                 # [T, N] segment i complete before t
+    valid = torch.arange(N, device=k.device) < seg[:, None]  # [T, N] segment i complete before t
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))         # broadcast over B and H
     return torch.cat([scores, online_score], -1).softmax(-1)                # [B, T, H, N + 1]

@@ -13,7 +13,8 @@ first kernel of a backward pass. The launchers (``*_triton``) are given. Without
 kernels run in Triton's interpreter: TRITON_INTERPRET=1 must be set before this file is
 imported (the tests and the chapter's first cell do that).
 
-Grade:  python scripts/grade.py --chapter 11   (or: python -m pytest tests/exercises/test_ch11_triton_kernel.py)
+Grade:  python scripts/grade.py --chapter 11
+        (or: python -m pytest tests/exercises/test_ch11_triton_kernel.py)
 """
 import torch
 import triton
@@ -70,7 +71,8 @@ def sparse_readout_kernel(q, S, gates, selected, o, TOPK, K: tl.constexpr, V: tl
     """SSC's cached readout (Eq. 17): program t computes token t's output from ONLY the states
     that token selected:
 
-        o[t] = sum over slots j < TOPK with selected[t, j] >= 0 of  gates[t, j] * S[selected[t, j]]^T q[t]
+        o[t] = sum over the slots j < TOPK with selected[t, j] >= 0 of
+               gates[t, j] * S[selected[t, j]]^T q[t]
 
     q [T, K], S [N, K, V], gates [T, TOPK] float32; selected [T, TOPK] int64, -1 marking an empty
     slot; o [T, V] float32. All contiguous (pointers to their first elements); K and V powers of
@@ -133,7 +135,7 @@ def _device(kernel):
 def _launch(kernel, grid, *args, **meta):
     try:
         kernel[grid](*args, **meta)
-    except Exception as e:       # the interpreter wraps errors raised in the kernel: show the original
+    except Exception as e:  # the interpreter wraps errors raised in the kernel: show the original
         if type(e).__name__ == "InterpreterError" and e.__cause__ is not None:
             raise e.__cause__ from None
         raise
@@ -166,7 +168,7 @@ def readout_block_triton(q_block, states, gates_block, BT=16):
     device = _device(readout_block_kernel)
     q, g = _pad(q_block, BT, device), _pad(gates_block, BT, device)       # [BT, K], [BT, N]
     S = states.to(device, torch.float32).contiguous()                      # [N, K, V]
-    o = torch.full((BT, V), float("nan"), device=device)                   # NaN: unwritten rows show
+    o = torch.full((BT, V), float("nan"), device=device)  # NaN: unwritten rows show
     _launch(readout_block_kernel, (1,), q, S, g, o, T, N, K=K, V=V, BT=BT)
     return _unpadded(o, T, "readout_block_kernel").to(q_block.device)
 
@@ -183,7 +185,7 @@ def sparse_readout_triton(q_tokens, states, gates, selected):
     S = states.to(device, torch.float32).contiguous()                      # [N, K, V]
     g = gates.to(device, torch.float32).contiguous()                       # [T, k]
     sel = selected.to(device, torch.int64).contiguous()                    # [T, k]
-    o = torch.full((T, V), float("nan"), device=device)                    # NaN: unwritten rows show
+    o = torch.full((T, V), float("nan"), device=device)  # NaN: unwritten rows show
     _launch(sparse_readout_kernel, (T,), q, S, g, sel, o, TOPK, K=K, V=V)
     return o.to(q_tokens.device)
 
@@ -197,6 +199,6 @@ def readout_dq_triton(do_block, states, gates_block, BT=16):
     device = _device(readout_dq_kernel)
     do, g = _pad(do_block, BT, device), _pad(gates_block, BT, device)     # [BT, V], [BT, N]
     S = states.to(device, torch.float32).contiguous()                      # [N, K, V]
-    dq = torch.full((BT, K), float("nan"), device=device)                  # NaN: unwritten rows show
+    dq = torch.full((BT, K), float("nan"), device=device)  # NaN: unwritten rows show
     _launch(readout_dq_kernel, (1,), do, S, g, dq, T, N, K=K, V=V, BT=BT)
     return _unpadded(dq, T, "readout_dq_kernel").to(do_block.device)

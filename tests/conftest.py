@@ -42,7 +42,7 @@ def pytest_addoption(parser):
                      help="what the exercise tests grade: 'exercises' (default: $MINIMC_IMPL or "
                           "'exercises'), 'solutions', or a folder holding chNN_*.py files")
     parser.addoption("--grade-json", default=None, metavar="PATH",
-                     help="append one JSON line per exercise test result (used by scripts/grade.py)")
+                     help="append one JSON line per exercise test result (for scripts/grade.py)")
 
 
 def impl_dir(value):

@@ -53,8 +53,9 @@ def test_same_functions_signatures_docstrings(chapter):
     fe, fs = functions(ex), functions(sol)
     assert sorted(fe) == sorted(fs), f"{chapter}: exercises {sorted(fe)} vs solutions {sorted(fs)}"
     for name in fe:
-        assert inspect.signature(fe[name]) == inspect.signature(fs[name]), f"{chapter}.{name}: signature"
-        assert inspect.getdoc(fe[name]), f"{chapter}.{name} needs a docstring (the exercise statement)"
+        where = f"{chapter}.{name}"
+        assert inspect.signature(fe[name]) == inspect.signature(fs[name]), f"{where}: signature"
+        assert inspect.getdoc(fe[name]), f"{where} needs a docstring (the exercise statement)"
         assert inspect.getdoc(fe[name]) == inspect.getdoc(fs[name]), f"{chapter}.{name}: docstring"
 
 
@@ -68,8 +69,10 @@ def _is_stub(node):
 @needs_exercises
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_exercises_are_untouched_stubs(chapter):
-    """Each public function is a stub, or (a helper given to the learner) identical to the solution."""
-    trees = {d: ast.parse((ROOT / d / f"{chapter}.py").read_text()) for d in ("exercises", "solutions")}
+    """Each public function is a stub, or (a helper given to the learner) identical to the
+    solution."""
+    trees = {d: ast.parse((ROOT / d / f"{chapter}.py").read_text())
+             for d in ("exercises", "solutions")}
     given = {n.name: ast.dump(n) for n in trees["solutions"].body if isinstance(n, ast.FunctionDef)}
     stubs = 0
     for node in trees["exercises"].body:
@@ -119,7 +122,8 @@ def test_untouched_stubs_fail_every_exercise_test(runs):
     problems = [f"{k}: {outcome} ({why})" for k, (outcome, why) in results.items()
                 if not (outcome == "failed" and (why or "").startswith("not implemented yet: "))
                 and not (outcome == "skipped" and k in solution_skips)]
-    assert not problems, ("with untouched stubs every exercise test must fail on NotImplementedError "
+    assert not problems, ("with untouched stubs every exercise test must fail on "
+                          "NotImplementedError "
                           "(else it grades nothing):\n" + "\n".join(problems))
     graded = {why.split(": ", 1)[1] for outcome, why in results.values() if outcome == "failed"}
     for chapter in CHAPTERS:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grading import GradingError, LearnerTimeout, call_learner, check_causal, check_close, time_limit
+from grading import (GradingError, LearnerTimeout, call_learner, check_causal, check_close,
+                     time_limit)
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("grade", ROOT / "scripts" / "grade.py")
@@ -48,7 +49,8 @@ def test_messages():
     y = x.clone()
     y[1, 2, 3] += 5
     m = message(y, x)
-    assert "max |difference| 5 at (1, 2, 3)" in m and "1 of 24 entries off, the first at (1, 2, 3)" in m
+    assert "max |difference| 5 at (1, 2, 3)" in m
+    assert "1 of 24 entries off, the first at (1, 2, 3)" in m
     assert "all zeros" in message(torch.zeros_like(x), x)
     assert "times 2" in message(2 * x, x)
     assert "NaN" in message(x * float("nan"), x)
@@ -70,7 +72,7 @@ def test_grader_table_with_no_chapters(monkeypatch, tmp_path):
     assert grade.grade([3], out=lines.append) == 0 and "no exercise tests" in lines[0]
 
 
-# ---- check_close in words, call_learner's guards (in-process) ---------------------------------------
+# ---- check_close in words, call_learner's guards (in-process) ------------------------------------
 
 def test_named_axes_parts_and_hints():
     o = torch.zeros(2, 20, 3, 4, dtype=torch.float64)
@@ -159,7 +161,7 @@ def test_check_causal():
         check_causal(a, b, 4, "output", "the keys")
 
 
-# ---- the grader on wrong learner modules (pytest in a subprocess, --impl <folder>) ------------------
+# ---- the grader on wrong learner modules (pytest in a subprocess, --impl <folder>) ---------------
 
 EX = ROOT / "tests" / "exercises"
 FUNCTIONS = ("linear_attention_recurrent", "linear_attention_chunked",

@@ -76,7 +76,7 @@ SIZES = [  # B, T, H, K, V, scale
 ]
 
 
-# ---- part 1: the token loop ------------------------------------------------------------------------
+# ---- part 1: the token loop ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,T,H,K,V,scale", SIZES)
 def test_recurrent_matches_minimc(impl, B, T, H, K, V, scale):
@@ -166,8 +166,9 @@ def test_chunked_works_per_chunk_not_per_token(impl):
                     "linear_attention_chunked")
     check_close(o, expected, "output o (T = 512, chunk_size = 128)", axes=O_AXES,
                 hint=chunk_hint(C))
-    check_true(counter.n < T, f"linear_attention_chunked made {counter.n} torch calls for T = {T} "
-               f"tokens in {T // C} chunks: that looks like a loop over tokens. Use matrix products "
+    check_true(counter.n < T, f"linear_attention_chunked made {counter.n} torch calls for T = "
+               f"{T} tokens in {T // C} chunks: that looks like a loop over tokens. Use matrix "
+               "products "
                "per chunk: O = Q S + ((Q K^T) * M) V, S_next = S + K^T V")
 
 

@@ -106,7 +106,8 @@ def pair(got):
 
 @pytest.mark.parametrize("T,C", [(37, 8), (64, 16), (10, 1), (6, 64), (19, 19)])
 def test_delta_rule_chunked_matches_minimc(impl, T, C):
-    q, k, v = rand(2, T, 2, 5, seed=20 + T), 3 * rand(2, T, 2, 5, seed=21), rand(2, T, 2, 3, seed=22)
+    q, k = rand(2, T, 2, 5, seed=20 + T), 3 * rand(2, T, 2, 5, seed=21)   # keys of any length
+    v = rand(2, T, 2, 3, seed=22)
     beta = unit_interval(2, T, 2, seed=23, low=0.1)
     expected = delta_oracle(q, k, v, beta)
     o, S = pair(impl(CH).delta_rule_chunked(q, k, v, beta, chunk_size=C))
@@ -153,7 +154,8 @@ def test_delta_rule_chunked_is_causal(impl):
 # ---- SWLA ----------------------------------------------------------------------------------------
 
 def swla_inputs(B=2, H=3, K=5, V=4, seed=20):
-    state = (rand(B, H, K, V, seed=seed), rand(B, H, K, seed=seed + 1), rand(B, H, V, seed=seed + 2))
+    state = (rand(B, H, K, V, seed=seed), rand(B, H, K, seed=seed + 1),
+             rand(B, H, V, seed=seed + 2))
     k, v = rand(B, H, K, seed=seed + 3), rand(B, H, V, seed=seed + 4)
     a, b, c = (unit_interval(B, H, seed=seed + 5 + i, low=0.2) for i in range(3))
     return state, k, v, a, b, c
@@ -181,8 +183,8 @@ def test_swla_sequence_matches_recurrent_memory(impl):
     q, k, v = rand(B, T, H, K, seed=30), rand(B, T, H, K, seed=31), rand(B, T, H, V, seed=32)
     a, b, c = (unit_interval(B, T, H, seed=33 + i) for i in range(3))
     _, expected = minimc.recurrent_memory(q, k, v, "swla", a=a, b=b, c=c, reference=True)
-    state = (torch.zeros(B, H, K, V, dtype=torch.float64), torch.zeros(B, H, K, dtype=torch.float64),
-             torch.zeros(B, H, V, dtype=torch.float64))
+    state = tuple(torch.zeros(*s, dtype=torch.float64)
+                  for s in ((B, H, K, V), (B, H, K), (B, H, V)))
     for t in range(T):
         state = impl(CH).swla_step(state, k[:, t], v[:, t], a[:, t], b[:, t], c[:, t])
     check_close(state, expected, f"the state after {T} swla_step calls:", parts=SWLA_PARTS,

@@ -19,7 +19,8 @@ SIZES = [(2, 3, 5, 20), (1, 1, 1, 1), (3, 2, 4, 7)]                      # (B, H
 
 
 def inputs(B, H, K, E, seed=0, scale=1.0):
-    """state (W1 [B, H, E, K], W2 [B, H, K, E], m1, m2), k, v [B, H, K], lr, momentum, decay [B, H]."""
+    """state (W1 [B, H, E, K], W2 [B, H, K, E], m1, m2), k, v [B, H, K], lr, momentum, decay
+    [B, H]."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)       # noqa: E731
     W1, W2 = r(B, H, E, K) * scale / E ** 0.5, r(B, H, K, E) * scale / K ** 0.5
@@ -31,7 +32,7 @@ def inputs(B, H, K, E, seed=0, scale=1.0):
 
 def oracle_gradient(W1, W2, k, v):
     g1, g2 = DeepMemory(None, objective="dot")._grads(W1, W2, k[:, :, None], v[:, :, None])
-    return g1[:, :, 0], g2[:, :, 0]                                         # [B, H, E, K], [B, H, K, E]
+    return g1[:, :, 0], g2[:, :, 0]  # [B, H, E, K], [B, H, K, E]
 
 
 def oracle_step(state, k, v, lr, momentum, decay):
@@ -50,14 +51,15 @@ def check_gradient(got, expected, what):
 
 
 def example():
-    """The docstrings' worked example: K = 1, E = 2, W1 = [[1], [2]], W2 = [[1, -1]], k = 1, v = 2."""
+    """The docstrings' worked example: K = 1, E = 2, W1 = [[1], [2]], W2 = [[1, -1]], k = 1,
+    v = 2."""
     d = torch.float64
     W1 = torch.tensor([[1.0], [2.0]], dtype=d).view(1, 1, 2, 1)            # [B, H, E, K]
     W2 = torch.tensor([[1.0, -1.0]], dtype=d).view(1, 1, 1, 2)             # [B, H, K, E]
     return W1, W2, torch.ones(1, 1, 1, dtype=d), torch.full((1, 1, 1), 2.0, dtype=d)
 
 
-# ---- part 1: dla_gradient -------------------------------------------------------------------------
+# ---- part 1: dla_gradient ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,H,K,E", SIZES)
 def test_dla_gradient_matches_minimc(impl, B, H, K, E):
@@ -76,11 +78,11 @@ def test_dla_gradient_large_preactivations(impl):
 
 def test_dla_gradient_worked_example(impl):
     W1, W2, k, v = example()
-    expected = oracle_gradient(W1, W2, k, v)       # dW1 [[-1.6827], [0.3173]], dW2 [[-2.1666, 0.3333]]
+    expected = oracle_gradient(W1, W2, k, v)  # dW1 [[-1.6827], [0.3173]], dW2 [[-2.1666, 0.3333]]
     check_gradient(impl(CH).dla_gradient(W1, W2, k, v), expected, "the worked example")
 
 
-# ---- part 2: titans_step --------------------------------------------------------------------------
+# ---- part 2: titans_step -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,H,K,E", SIZES)
 def test_titans_step_matches_minimc(impl, B, H, K, E):

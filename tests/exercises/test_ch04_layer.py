@@ -18,7 +18,7 @@ def layer_and_input(memory="linear", B=2, T=13, D=12, H=2, K=4, W=4, seed=0):
     torch.manual_seed(seed)
     layer = MemoryLayer(D, n_heads=H, head_dim=K, memory=memory, conv=W).double()
     with torch.no_grad():
-        for p in layer.parameters():                                       # nothing at its init value
+        for p in layer.parameters():  # nothing at its init value
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(B, T, D, dtype=torch.float64)
     return layer, x
@@ -41,7 +41,8 @@ def oracle(layer, x):
 def hint(at):
     if at["T"] == 0:
         return ("token 0: projections (x @ w.T), the q/k/v split (reshape(B, T, 3, H, K)), the "
-                "feature map, the RMSNorm, the output projection, or a convolution that looks ahead?")
+                "feature map, the RMSNorm, the output projection, or a convolution that looks "
+                "ahead?")
     return ("token 0 is right, a later one is not: the short convolution? c_t = sum_j w_conv[j] "
             "h_(t-j), with w_conv[0] on the current token and zeros before the start")
 

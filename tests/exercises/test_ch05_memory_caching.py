@@ -26,7 +26,7 @@ def as_pairs(bounds, what):
     return pairs
 
 
-# ---- part 1: segment_bounds -------------------------------------------------------------------------
+# ---- part 1: segment_bounds ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("T,C", [(1, 1), (1, 4), (10, 4), (37, 8), (64, 8), (64, 64), (100, 7),
                                  (100, 100), (37, 500), (37, 1)])
@@ -41,7 +41,8 @@ def test_segment_bounds_constant(impl, T, C):
 def test_segment_bounds_log(impl, T):
     expected = minimc.segment_bounds(T, 8, "log")
     got = impl(CH).segment_bounds(T, 8, "log")                              # segment_len is ignored
-    check_close(as_pairs(got, f"segment_bounds({T}, 8, 'log')"), expected, f"segment_bounds({T}, 8, 'log')")
+    what = f"segment_bounds({T}, 8, 'log')"
+    check_close(as_pairs(got, what), expected, what)
 
 
 def test_segment_bounds_default_is_constant(impl):
@@ -55,10 +56,10 @@ def test_segment_bounds_rejects_unknown_segmentation(impl):
         impl(CH).segment_bounds(37, 8, "linear")
 
 
-# ---- part 2: readable_segments --------------------------------------------------------------------
+# ---- part 2: readable_segments -------------------------------------------------------------------
 
 def oracle_readable(T, C, segmentation):
-    """[T, N] bool from minimc: Residual Memory's gate on cached state i is 1 where t may read it."""
+    """[T, N] bool from minimc: Residual Memory's gate on cached state i is 1 where t reads it."""
     x = torch.randn(1, T, 1, 2, generator=torch.Generator().manual_seed(T), dtype=torch.float64)
     _, info = minimc.memory_caching(x, x, x, memory="linear", variant="residual", segment_len=C,
                                     segmentation=segmentation, return_info=True)
@@ -97,7 +98,7 @@ def test_readable_segments_default_is_constant(impl):
                 hint=readable_hint(bounds))
 
 
-# ---- part 3: cache_states ---------------------------------------------------------------------------
+# ---- part 3: cache_states ------------------------------------------------------------------------
 
 def tokens(B=2, T=37, H=3, K=4, V=5, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -145,7 +146,7 @@ def test_cache_states_default_mode_is_checkpoint(impl):
 
 @pytest.mark.parametrize("mode", ["checkpoint", "independent"])
 def test_cache_states_worked_example(impl, mode):
-    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1)  # [B, T, H, K] = [1, 3, 1, 1]
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1)  # [B, T, H, K]
     expected = oracle_states(x, x, x, 2, mode)
     got = impl(CH).cache_states(x, x, x, 2, mode)
     check_close(got, expected, f"cache_states on the worked example ({mode})", axes=STATE_AXES,

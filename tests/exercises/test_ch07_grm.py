@@ -88,6 +88,6 @@ def test_online_summary_is_causal(impl, p):
 def test_causal_gates_worked_example(impl):
     u = torch.ones(1, 4, 1, 1, dtype=torch.float64)
     k = torch.tensor([1.0, 3.0, 5.0, 7.0], dtype=torch.float64).view(1, 4, 1, 1)
-    expected = oracle_gates(u, k, 2, 1.0)      # [[0, 0, 1], [0, 0, 1], [.0474, 0, .9526], [.0180, 0, .9820]]
+    expected = oracle_gates(u, k, 2, 1.0)   # [0, 0, 1], [0, 0, 1], [.047, 0, .953], [.018, 0, .982]
     check_close(impl(CH).causal_gates(u, k, 2, 1.0), expected, "causal_gates on the worked example",
                 atol=1e-10, rtol=1e-8, axes=AXES, hint=gate_hint(2, 2))

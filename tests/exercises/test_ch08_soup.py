@@ -38,7 +38,7 @@ def oracle(online, cache, gates):
 @pytest.mark.parametrize("leaf", [(5, 6), (), (4,), (2, 3, 4)],
                          ids=["matrix", "scalar", "vector", "3d"])
 def test_soup_weights_matches_minimc(impl, leaf):
-    B, T, H, N = 2, 7, 3, 4                                     # all different: no silent transposes
+    B, T, H, N = 2, 7, 3, 4  # all different: no silent transposes
     online, cache = rnd(B, H, T, *leaf, seed=1), rnd(B, H, N, *leaf, seed=2)
     gates = rnd(B, T, H, N + 1, seed=3).softmax(-1)
     expected = oracle(online, cache, gates)

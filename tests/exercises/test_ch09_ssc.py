@@ -32,7 +32,7 @@ def hint(at):
 def check_route(call, scores, online, valid, top_k, variant="ssc"):
     """``call()`` runs the learner's topk_route; minimc's answer is computed first."""
     gates, selected = gate(scores, online, valid, "ssc", top_k)
-    if variant == "grm":                                                    # the same gates, GRM's way
+    if variant == "grm":  # the same gates, GRM's way
         gates = gate(scores, online, valid, "grm", top_k)[0]
     got = call()
     check_true(isinstance(got, (tuple, list)) and len(got) == 2,
@@ -42,7 +42,7 @@ def check_route(call, scores, online, valid, top_k, variant="ssc"):
     check_true(isinstance(s, torch.Tensor) and tuple(s.shape) == tuple(selected.shape),
                f"selected should have shape {tuple(selected.shape)} (k = min(top_k, N)), got "
                f"{tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}")
-    try:                                                                    # any order: compare sorted
+    try:  # any order: compare sorted
         check_close(s.sort(-1).values.to(selected.dtype), selected.sort(-1).values,
                     "selected (sorted)", axes=AXES[:3] + ("slot",))
     except GradingError as e:
@@ -53,7 +53,8 @@ def check_route(call, scores, online, valid, top_k, variant="ssc"):
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_topk_route_matches_minimc(impl, top_k):
     scores, online, valid = case()
-    check_route(lambda: impl(CH).topk_route(scores, online, valid, top_k), scores, online, valid, top_k)
+    check_route(lambda: impl(CH).topk_route(scores, online, valid, top_k), scores, online, valid,
+                top_k)
 
 
 def test_topk_route_full_valid_mask(impl):
@@ -67,7 +68,8 @@ def test_topk_route_full_valid_mask(impl):
 def test_topk_at_least_n_is_grm(impl, top_k):
     """top_k >= N keeps every completed segment: the gates are GRM's (Eq. 8)."""
     scores, online, valid = case(seed=3)
-    check_route(lambda: impl(CH).topk_route(scores, online, valid, top_k), scores, online, valid, top_k, "grm")
+    check_route(lambda: impl(CH).topk_route(scores, online, valid, top_k), scores, online, valid,
+                top_k, "grm")
 
 
 def test_no_completed_segment(impl):
@@ -82,15 +84,18 @@ def test_large_scores_are_stable(impl):
 
 
 def test_gradients_reach_the_scores(impl):
-    """The router is trained through its gate values: d(sum w * gates)/d(scores, online) as minimc's."""
+    """The router is trained through its gate values: d(sum w * gates) / d(scores, online) as
+    minimc's."""
     scores, online, valid = case(seed=6)
     w = torch.randn(2, 11, 3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     a, b = scores.clone().requires_grad_(), online.clone().requires_grad_()
     gates, _ = impl(CH).topk_route(a, b, valid, 2)
     check_true(isinstance(gates, torch.Tensor) and gates.requires_grad,
-               "gates do not depend on the scores through autograd (did you detach, or build them in numpy?)")
+               "gates do not depend on the scores through autograd (did you detach, or build "
+               "them in numpy?)")
     got = torch.autograd.grad((w * gates).sum(), (a, b), allow_unused=True)
     a2, b2 = scores.clone().requires_grad_(), online.clone().requires_grad_()
     expected = torch.autograd.grad((w * gate(a2, b2, valid, "ssc", 2)[0]).sum(), (a2, b2))
-    check_true(all(x is not None for x in got), "no gradient reaches the scores or the online score")
+    check_true(all(x is not None for x in got),
+               "no gradient reaches the scores or the online score")
     check_close(got, expected, "gradients (d scores, d online_score)")

@@ -100,7 +100,7 @@ def test_kernel_skips_unread_states(impl):
     check_close(got, expected, "kernel output", axes=O_AXES, hint=readout_hint, **F32)
 
 
-# ---- part 3: sparse_readout_kernel (SSC, Eq. 17) --------------------------------------------------
+# ---- part 3: sparse_readout_kernel (SSC, Eq. 17) -------------------------------------------------
 
 def ssc_case(T=8, K=16, V=16, N=6, top_k=2, seed=0):
     """q [T, K], states [N, K, V], SSC gates and selected [T, k] as minimc's router makes them
@@ -126,7 +126,7 @@ def sparse_hint(selected):
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_sparse_kernel_matches_minimc(impl, top_k):
     q, S, dense_gates, slot_gates, selected = ssc_case(top_k=top_k)
-    expected = oracle(q, S, dense_gates)                                    # every state, zeros skipped
+    expected = oracle(q, S, dense_gates)  # every state, zeros skipped
     got = impl(CH, limit=KERNEL_LIMIT).sparse_readout_triton(q, S, slot_gates, selected)
     check_true(bool(torch.isfinite(got).all()), "sparse_readout_kernel left a NaN: store o[t] "
                "for every token t (program_id), and never read a state through slot index -1")
@@ -163,7 +163,7 @@ def test_sparse_kernel_worked_example(impl):
                 hint=lambda at: "an empty slot (-1) adds nothing, whatever its gate", **F32)
 
 
-# ---- part 4: readout_dq_kernel (the gradient with respect to q) -----------------------------------
+# ---- part 4: readout_dq_kernel (the gradient with respect to q) ----------------------------------
 
 def oracle_dq(do, S, gates):
     """dq = d<o, do>/dq through minimc's readout (float64): [T, K]."""

@@ -20,8 +20,9 @@ def causal_gates(u, k, segment_len, temperature):
       cached segment i:   kbar_i = mean of the keys k_j of segment i (all its tokens);
       online, at token t: the running mean of the keys of t's own segment, from its start up to and
                           including t (nothing after t).
-    Scores: <u_t, summary> * temperature. Gates: a softmax over the completed segments i < s and the
-    online memory; every segment i >= s gets gate exactly 0.
+    Scores: <u_t, summary> * temperature (it multiplies: an inverse temperature). Gates: a softmax
+    over the completed segments i < s and the online memory; every segment i >= s gets gate
+    exactly 0.
     Returns gates [B, T, H, N + 1]: column i < N is segment i, column N is the online memory.
 
     Worked example (B = H = K = 1): u = [1, 1, 1, 1], k = [1, 3, 5, 7], C = 2, temperature 1;

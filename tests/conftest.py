@@ -89,10 +89,13 @@ class LearnerModule:
         if not (inspect.isfunction(obj) and obj.__module__ == self.raw.__name__):
             return obj                                      # e.g. a Triton kernel, an import
         limit = self._limit
+        # a given launcher (f_triton) runs the learner's kernel (f_kernel): blame the kernel
+        kernel = name[:-len("_triton")] + "_kernel" if name.endswith("_triton") else None
+        blame = kernel if kernel and hasattr(self.raw, kernel) else None
 
         @functools.wraps(obj)
         def called(*args, **kwargs):
-            return call_learner(obj, *args, _limit=limit, **kwargs)
+            return call_learner(obj, *args, _limit=limit, _name=blame, **kwargs)
         return called
 
 

@@ -1,12 +1,14 @@
-"""Chapter 1 exercises: the linear memory, as a token loop and in chunkwise-parallel form.
+"""Chapter 1 exercises: the linear memory, as a token loop and in chunkwise-parallel form,
+without and with a per-token decay.
 
 The linear memory (linear attention, Eq. 2) keeps one K x V matrix per (batch, head):
 
     S_t = S_{t-1} + k_t v_t^T,        y_t = S_t^T (scale * q_t),        S_0 = 0
 
 Shapes (minimc's convention): q, k [B, T, H, K]; v [B, T, H, V]; o [B, T, H, V]; S [B, H, K, V].
-``scale=None`` means K ** -0.5 (as in minimc.recurrent_memory). Both functions return
-``(o, final_state)`` where final_state is S_T, a tensor [B, H, K, V] (not a tuple).
+``scale=None`` means K ** -0.5 (as in minimc.recurrent_memory). Every function returns
+``(o, final_state)`` where final_state is S_T, a tensor [B, H, K, V] (not a tuple). A decayed
+memory (Eq. 12, the gated family) multiplies the state by a_t in (0, 1] before each write.
 
 Grade:  make grade CHAPTER=1      (or: python scripts/grade.py --chapter 1)
 """
@@ -42,3 +44,27 @@ def linear_attention_chunked(q, k, v, chunk_size=64, scale=None):
     O = ((Q K^T) * M) V, "attention without the softmax".
     """
     raise NotImplementedError("linear_attention_chunked")
+
+
+def decayed_linear_attention_chunked(q, k, v, decay, chunk_size=64, scale=None):
+    """The decayed (gated) linear memory of Eq. 12 in chunkwise-parallel form:
+
+        S_t = a_t S_{t-1} + k_t v_t^T,        o_t = S_t^T (scale * q_t),        S_0 = 0
+
+    decay a: [B, T, H], every a_t in (0, 1] (a_t = 1 everywhere is linear_attention_chunked).
+    Inside a chunk of C tokens with queries Q (times scale), keys K, values V and the state S at
+    its start, let g_i = log a_(first token) + ... + log a_(token i) be the cumulative log-decay
+    from the chunk's first token to its token i, inclusive (g: [B, H, C], a cumsum of logs). Then
+
+        O      = (Q * exp(g)) S  +  ((Q K^T) * L) V       L[i, j] = exp(g_i - g_j) if j <= i else 0
+        S_next = exp(g_last) S  +  (K * exp(g_last - g))^T V
+
+    the state decays by the whole chunk, and every key by what is left of the chunk after it
+    (from its own token to the chunk's end). Differences of cumulative logs, never long products.
+    q, k: [B, T, H, K]; v: [B, T, H, V]; chunk_size: C (T need not be a multiple; the last chunk
+    may be shorter); scale: None means K ** -0.5. Returns (o [B, T, H, V], S_T [B, H, K, V]), in
+    q's dtype.
+    Worked example: B = H = K = V = 1, scale = 1, q = k = [1, 1], v = [2, 3], a = [0.5, 0.5]:
+    S goes 2, then 0.5 * 2 + 3 = 4, so o = [2, 4], with chunk_size 1 or 2 alike.
+    """
+    raise NotImplementedError("decayed_linear_attention_chunked")

@@ -1,7 +1,9 @@
-"""Chapter 2 exercises: one token's update of two better fixed-size memories.
+"""Chapter 2 exercises: two better fixed-size memories, one token at a time, and the delta rule
+over a whole sequence in chunks.
 
-Both work on one token for every (batch, head) at once, in minimc's shapes: a state matrix
-S [B, H, K, V], a key k [B, H, K], a value v [B, H, V], per-token scalars [B, H].
+The step functions work on one token for every (batch, head) at once, in minimc's shapes: a state
+matrix S [B, H, K, V], a key k [B, H, K], a value v [B, H, V], per-token scalars [B, H].
+``delta_rule_chunked`` takes whole sequences: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H].
 
 Grade:  make grade CHAPTER=2      (or: python scripts/grade.py --chapter 2)
 """
@@ -38,3 +40,29 @@ def swla_step(state, k, v, a, b, c):
     a = 0.5, b = 1, c = 2: S_t = 0.5 + 2 + 6 = [[8.5]], and the state is ([[8.5]], [1], [3]).
     """
     raise NotImplementedError("swla_step")
+
+
+def delta_rule_chunked(q, k, v, beta, chunk_size=64, scale=None):
+    """The delta rule over a whole sequence, chunk by chunk (the WY / UT-transform form):
+
+        S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T,        o_t = S_t^T (scale * q_t)
+
+    Convention (minimc's DeltaMemory): keys are L2-normalised first, k = F.normalize(k, dim=-1);
+    queries are NOT normalised, only multiplied by scale (None means K ** -0.5). S_0 = 0.
+    Within a chunk of C tokens (keys K, values V, write strengths b, scaled queries Q, state S at
+    its start) the writes u_i = b_i (v_i - S_{i-1}^T k_i), stacked as U [C, V], solve one lower
+    triangular system, because S_{i-1} = S + sum_{j < i} k_j u_j^T:
+
+        (I + tril(diag(b) K K^T, -1)) U = diag(b) (V - K S)      (-1: strictly below the diagonal)
+        O      = Q S + tril(Q K^T) U                             (diagonal kept: t reads its write)
+        S_next = S + K^T U
+
+    (torch.linalg.solve_triangular(A, R, upper=False) solves A X = R.) q, k: [B, T, H, K];
+    v: [B, T, H, V]; beta: [B, T, H] in (0, 1]; T need not be a multiple of chunk_size (the last
+    chunk is shorter). Returns (o [B, T, H, V], S_T [B, H, K, V]) in q's dtype: the same S_T as
+    delta_rule_step applied token by token.
+    Worked example: B = H = K = V = 1, scale = 1, q = k = [1, 1], v = [2, 3], beta = [0.5, 0.5]:
+    S goes 0.5 * 2 = 1, then 1 + 0.5 * (3 - 1) = 2, so o = [1, 2]. As one chunk (C = 2):
+    [[1, 0], [0.5, 1]] U = [1, 1.5] gives U = [1, 1], O = [1, 1 + 1], S_T = 1 + 1 = 2.
+    """
+    raise NotImplementedError("delta_rule_chunked")

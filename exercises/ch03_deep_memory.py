@@ -9,7 +9,8 @@ derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and density).
 1. ``dla_gradient``: the closed-form gradient of DLA's inner loss (Eq. 30) for one token.
 2. ``titans_step``: one token of Titans (Eq. 34-36), gradient descent with momentum and decay.
 
-Grade:  python scripts/grade.py --chapter 3     (or: python -m pytest tests/exercises/test_ch03_deep_memory.py)
+Grade:  python scripts/grade.py --chapter 3
+        (or: python -m pytest tests/exercises/test_ch03_deep_memory.py)
 """
 import math
 
@@ -20,19 +21,23 @@ import torch.nn.functional as F
 def dla_gradient(W1, W2, k, v):
     """Gradient of DLA's inner loss l = -<M(k), v> with respect to W1 and W2, for one token.
 
-    W1 [B, H, E, K], W2 [B, H, K, E], k [B, H, K], v [B, H, K] -> (dW1 [B, H, E, K], dW2 [B, H, K, E]).
+    W1 [B, H, E, K], W2 [B, H, K, E], k [B, H, K], v [B, H, K]
+    -> (dW1 [B, H, E, K], dW2 [B, H, K, E]).
     With z = k @ W2 [E], h = gelu(z) [E], M(k) = k + h @ W1 and delta = dl/dM(k) = -v [K]:
         dW1 = outer(h, delta)                                   [E, K]
-        dW2 = outer(k, (delta @ W1^T) * gelu'(z))               [K, E],  gelu'(z) = Phi(z) + z phi(z)
+        dW2 = outer(k, (delta @ W1^T) * gelu'(z))           [K, E], gelu'(z) = Phi(z) + z phi(z)
     (per batch and head). Write it in closed form: no autograd.
-    Worked example (B = H = 1, K = E = 1): W1 = 1, W2 = 0, k = 2, v = 3 gives z = 0, h = 0,
-    gelu'(0) = 1/2, so dW1 = 0 and dW2 = 2 * (-3 * 1 * 1/2) = -3.
+    Worked example (B = H = 1, K = 1, E = 2): W1 = [[1], [2]] [E, K], W2 = [[1, -1]] [K, E],
+    k = [1], v = [2]. z = [1, -1], h = gelu(z) = [0.8413, -0.1587], delta = [-2], so
+    dW1 = outer(h, delta) = [[-1.6827], [0.3173]]; delta @ W1^T = [-2, -4] and
+    gelu'(z) = [1.0833, -0.0833] give dW2 = outer(k, [-2.1666, 0.3333]) = [[-2.1666, 0.3333]].
     """
     raise NotImplementedError("dla_gradient")
 
 
 def titans_step(state, k, v, lr, momentum, decay):
-    """One token of Titans (Eq. 34-36), with gradient descent (not ascent): the new state (W1, W2, m1, m2).
+    """One token of Titans (Eq. 34-36), with gradient descent (not ascent): the new state
+    (W1, W2, m1, m2).
 
     state = (W1 [B, H, E, K], W2 [B, H, K, E], m1 [B, H, E, K], m2 [B, H, K, E]);
     k, v [B, H, K]; lr, momentum, decay [B, H] (one number per batch and head).
@@ -42,8 +47,10 @@ def titans_step(state, k, v, lr, momentum, decay):
         m_new     = momentum * m + lr * g
         theta_new = decay * theta - m_new
     for both weights. Return (W1_new, W2_new, m1_new, m2_new), same shapes as the input state.
-    Worked example (B = H = 1, K = E = 1): W1 = 1, W2 = 0, m = 0, k = 2, v = 3, lr = 0.1,
-    momentum = 0.9, decay = 1: M(k) = 2, delta = -2, gW1 = 0, gW2 = 2 * (-2 * 1/2) = -2, so the new
-    state is W1 = 1, W2 = 0.2, m1 = 0, m2 = -0.2.
+    Worked example (B = H = 1, K = 1, E = 2): W1 = [[1], [2]], W2 = [[1, -1]], m = 0, k = [1],
+    v = [2], lr = 0.1, momentum = 0.9, decay = 1: M(k) = 1 + 0.8413 - 2 * 0.1587 = 1.5240,
+    delta = 2 (1.5240 - 2) = -0.9520, gW1 = [[-0.8009], [0.1510]], gW2 = [[-1.0312, 0.1586]], so
+    m1 = [[-0.0801], [0.0151]], m2 = [[-0.1031, 0.0159]], W1 = [[1.0801], [1.9849]],
+    W2 = [[1.1031, -1.0159]].
     """
     raise NotImplementedError("titans_step")

@@ -6,7 +6,8 @@ segment s then reads the online memory and the cached states of segments 0..s-1.
 
 Part 1, ``segment_bounds``: where the segments are (constant length C, or logarithmic: the binary
 digits of T, largest power of two first, paper §4.2).
-Part 2, ``cache_states``: the cache itself, for a linear memory S_t = S_{t-1} + k_t v_t^T, in both
+Part 2, ``readable_segments``: which cached states each token may read (causality).
+Part 3, ``cache_states``: the cache itself, for a linear memory S_t = S_{t-1} + k_t v_t^T, in both
 modes of §3.4 (checkpoint: one continuing memory; independent: every segment starts from zero).
 
 Grade:  python scripts/grade.py --chapter 5      (or: make grade CHAPTER=5)
@@ -26,6 +27,22 @@ def segment_bounds(T, segment_len, segmentation="constant"):
     Any other segmentation raises ValueError. T >= 1 and C >= 1 are ints.
     """
     raise NotImplementedError("segment_bounds")
+
+
+def readable_segments(T, segment_len, segmentation="constant"):
+    """Which cached states each token may read (the i < s of Eq. 5): a bool tensor [T, N].
+
+    Token t lies in segment s(t), the one whose [start, end) holds t. It reads the online memory
+    and the cached states of the COMPLETED segments i < s(t) only: its own segment's cached state
+    (taken at the segment's end) would hold tokens after t. Segments as in ``segment_bounds``
+    (constant length C, or "log"). Returns mask [T, N] (dtype torch.bool, N = number of segments)
+    with mask[t, i] = (i < s(t)). A row's sum is the number of cached states its token reads:
+    up to about T / C for constant segments, fewer than log2(T) for logarithmic ones.
+    Worked example: T = 37, "log": segments (0, 32), (32, 36), (36, 37); tokens 0..31 read no
+    cached state, tokens 32..35 read state 0, token 36 reads states 0 and 1 (mask[36] = [T, T, F]);
+    the last segment's state is never read (no token comes after it).
+    """
+    raise NotImplementedError("readable_segments")
 
 
 def cache_states(q, k, v, segment_len, mode="checkpoint"):

@@ -3,11 +3,13 @@
     make grade                                    # every chapter, your exercises/
     python scripts/grade.py --chapter 1           # one chapter (or --chapter 1,5)
     python scripts/grade.py --impl solutions      # grade the reference solutions instead
+    python scripts/grade.py --impl ~/my_attempts  # grade the chNN_*.py files of another folder
     %run ../scripts/grade.py --chapter 1          # a notebook's "check your work" cell (cwd book/)
 
 The tests run in a fresh pytest process (so your latest edits are the ones graded), each with a
-time limit, and grading never stops at the first failure. Exit status 0 unless --strict is given
-and a test fails, or the tests could not run at all.
+time limit (a function that does not return within 10 s is named and its remaining tests are
+counted as failed without running), and grading never stops at the first failure. Exit status 0
+unless --strict is given and a test fails, or the tests could not run at all.
 """
 import argparse
 import json
@@ -21,6 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests" / "exercises"
 OVERALL_TIMEOUT = float(os.environ.get("MINIMC_GRADE_TIMEOUT", 1800))   # seconds for one run
+NOT_RUN = "not run: "           # how tests/grading.py skips the later tests of a timed-out function
+
+
+def counts(outcome, why):
+    """Whether a result counts in the score: every test but a skip for another reason."""
+    return outcome != "skipped" or (why or "").startswith(NOT_RUN)
 
 
 def chapters():
@@ -43,27 +51,35 @@ def title(number, slug):
             source = "".join(cell.get("source", ""))
             for line in source.splitlines() if cell.get("cell_type") == "markdown" else []:
                 if line.startswith("# "):
-                    return re.sub(r"^(chapter\s+)?\d+\s*[:.\-–—]\s*", "", line[2:].strip(), flags=re.I)
+                    return re.sub(r"^(chapter\s+)?\d+\s*[:.\-–—]\s*", "", line[2:].strip(),
+                                  flags=re.I)
     return slug.split("_", 1)[1].replace("_", " ").capitalize()
 
 
-def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
-    """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note)."""
+def run_pytest(files, impl, timeout=OVERALL_TIMEOUT, records=None):
+    """Run the exercise tests; returns ({nodeid: (outcome, diagnosis)}, pytest output, note).
+    ``records``: a list that receives every raw JSON record (with each phase's seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "results.jsonl"
+        if impl not in ("exercises", "solutions"):
+            impl = str(Path(impl).expanduser().resolve())
         cmd = [sys.executable, "-m", "pytest", *map(str, files), f"--impl={impl}",
-               f"--grade-json={log}", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+               f"--grade-json={log}", "-q", "--tb=line", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors"]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         note = None
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
             output = proc.stdout + proc.stderr
             if proc.returncode not in (0, 1):
                 note = f"pytest exited with status {proc.returncode}"
         except subprocess.TimeoutExpired as exc:
             output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
             note = f"grading stopped after {timeout:g} s (a test that cannot be interrupted?)"
-        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        lines = log.read_text().splitlines() if log.exists() else []
+    records = records if records is not None else []
+    records.extend(json.loads(line) for line in lines)
     results = {}
     for r in records:                      # collected -> "not run" until a phase reports
         if r["when"] == "collected":
@@ -76,11 +92,41 @@ def run_pytest(files, impl, timeout=OVERALL_TIMEOUT):
     return results, output, note
 
 
+def summarise(failing):
+    """[(label, reason)] for failing [(test name, reason)]: one entry per reason shared by several
+    tests ("5 tests: not implemented yet: f"), else one per test function, with the reason of its
+    first failing case ("test_x (4 tests, the first): ...")."""
+    by_reason = {}
+    for name, why in failing:
+        by_reason.setdefault(why, []).append(name)
+    entries = {}                                   # label key -> [count, reason, cases differ]
+    for why, names in by_reason.items():
+        bases = list(dict.fromkeys(name.split("[")[0] for name in names))
+        if len(bases) > 1:
+            entries[("many", why)] = [len(names), why, False, f"{len(names)} tests"]
+        elif bases[0] in entries:
+            entries[bases[0]][0] += len(names)
+            entries[bases[0]][2] = True
+        else:
+            entries[bases[0]] = [len(names), why, False, bases[0]]
+    out = []
+    for n, why, differ, label in entries.values():
+        if not label.endswith(" tests") and n > 1:
+            label += f" ({n} tests{', the first' if differ else ''})"
+        out.append((label, why))
+    return out
+
+
 def collection_errors(output):
     """{test file: message} for test files pytest could not import."""
     errors = {}
     for m in re.finditer(r"^ERROR (tests/exercises/\S+\.py)(?: - (.*))?$", output, re.M):
         errors[Path(m[1]).name] = m[2] or "could not collect the tests"
+    section = r"ERROR collecting (tests/exercises/\S+\.py)[ _]*\n(.*?)(?=\n_{3,}|\n={3,}|\Z)"
+    for m in re.finditer(section, output, re.S):
+        last = re.findall(r"^E +(.+)$", m[2], re.M)
+        if last:
+            errors[Path(m[1]).name] = last[-1].strip()
     return errors
 
 
@@ -107,7 +153,7 @@ def grade(selected=None, impl=None, strict=False, out=print):
         slug, path = known[n]
         mine = {k: v for k, v in results.items() if k.split("::")[0].endswith(path.name)}
         ok = sum(o == "passed" for o, _ in mine.values())
-        counted = sum(o != "skipped" for o, _ in mine.values())
+        counted = sum(counts(o, why) for o, why in mine.values())
         total, passed = total + counted, passed + ok
         mark = "✓" if counted and ok == counted and path.name not in broken else "✗"
         if mark == "✗" and first_bad is None:
@@ -116,12 +162,8 @@ def grade(selected=None, impl=None, strict=False, out=print):
         if path.name in broken:
             out(f"      ✗ the tests could not be loaded: {broken[path.name]}")
         failing = [(k.split("::", 1)[1], why or o) for k, (o, why) in mine.items()
-                   if o in ("failed", "not run")]
-        for why in dict.fromkeys(w for _, w in failing):       # one entry per distinct reason
-            names = [name for name, w in failing if w == why]
-            bases = list(dict.fromkeys(name.split("[")[0] for name in names))
-            label = f"{len(names)} tests" if len(bases) > 1 else bases[0]
-            label += f" ({len(names)} tests)" if len(bases) == 1 and len(names) > 1 else ""
+                   if o in ("failed", "not run") or (o == "skipped" and counts(o, why))]
+        for label, why in summarise(failing):
             lines = why.splitlines() or ["failed"]
             out(f"  ✗ {label}: {lines[0]}")
             for line in lines[1:2]:
@@ -141,8 +183,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chapter", action="append", default=[],
                         help="chapter number(s) to grade, e.g. 1 or 1,5 (default: all)")
-    parser.add_argument("--impl", choices=("exercises", "solutions"), default=None,
-                        help="what to grade (default: $MINIMC_IMPL or exercises)")
+    parser.add_argument("--impl", default=None,
+                        help="what to grade: exercises, solutions or a folder of chNN_*.py files "
+                             "(default: $MINIMC_IMPL or exercises)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 unless all pass")
     args = parser.parse_args(argv)
     selected = [int(c) for arg in args.chapter for c in arg.split(",") if c.strip()]

@@ -6,7 +6,8 @@ segment s then reads the online memory and the cached states of segments 0..s-1.
 
 Part 1, ``segment_bounds``: where the segments are (constant length C, or logarithmic: the binary
 digits of T, largest power of two first, paper §4.2).
-Part 2, ``cache_states``: the cache itself, for a linear memory S_t = S_{t-1} + k_t v_t^T, in both
+Part 2, ``readable_segments``: which cached states each token may read (causality).
+Part 3, ``cache_states``: the cache itself, for a linear memory S_t = S_{t-1} + k_t v_t^T, in both
 modes of §3.4 (checkpoint: one continuing memory; independent: every segment starts from zero).
 
 Grade:  python scripts/grade.py --chapter 5      (or: make grade CHAPTER=5)
@@ -28,13 +29,31 @@ def segment_bounds(T, segment_len, segmentation="constant"):
     if segmentation == "constant":
         return [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
     if segmentation == "log":
-        sizes = [2 ** i for i in reversed(range(T.bit_length())) if (T >> i) & 1]   # binary digits of T
+        sizes = [2 ** i for i in reversed(range(T.bit_length())) if (T >> i) & 1]  # T's bits
         bounds, start = [], 0
         for size in sizes:
             bounds.append((start, start + size))
             start += size
         return bounds
     raise ValueError(f"segmentation must be 'constant' or 'log', got {segmentation!r}")
+
+
+def readable_segments(T, segment_len, segmentation="constant"):
+    """Which cached states each token may read (the i < s of Eq. 5): a bool tensor [T, N].
+
+    Token t lies in segment s(t), the one whose [start, end) holds t. It reads the online memory
+    and the cached states of the COMPLETED segments i < s(t) only: its own segment's cached state
+    (taken at the segment's end) would hold tokens after t. Segments as in ``segment_bounds``
+    (constant length C, or "log"). Returns mask [T, N] (dtype torch.bool, N = number of segments)
+    with mask[t, i] = (i < s(t)). A row's sum is the number of cached states its token reads:
+    up to about T / C for constant segments, fewer than log2(T) for logarithmic ones.
+    Worked example: T = 37, "log": segments (0, 32), (32, 36), (36, 37); tokens 0..31 read no
+    cached state, tokens 32..35 read state 0, token 36 reads states 0 and 1 (mask[36] = [T, T, F]);
+    the last segment's state is never read (no token comes after it).
+    """
+    bounds = segment_bounds(T, segment_len, segmentation)
+    seg = torch.tensor([s for s, (a, b) in enumerate(bounds) for _ in range(a, b)])   # [T] s(t)
+    return torch.arange(len(bounds))[None, :] < seg[:, None]                          # [T, N]
 
 
 def cache_states(q, k, v, segment_len, mode="checkpoint"):
@@ -53,12 +72,12 @@ def cache_states(q, k, v, segment_len, mode="checkpoint"):
     checkpoint -> [1 + 4, 1 + 4 + 9] = [5, 14];  independent -> [1 + 4, 9] = [5, 9].
     """
     B, T, H, K = k.shape
-    S = k.new_zeros(B, H, K, v.shape[-1])                                   # [B, H, K, V] the memory
+    S = k.new_zeros(B, H, K, v.shape[-1])  # [B, H, K, V] the memory
     states = []
     for a in range(0, T, segment_len):
         if mode == "independent":
-            S = torch.zeros_like(S)                                         # a fresh memory per segment
-        ks, vs = k[:, a:a + segment_len], v[:, a:a + segment_len]           # [B, C, H, K], [B, C, H, V]
-        S = S + torch.einsum("bchk,bchv->bhkv", ks, vs)                    # all writes of the segment
+            S = torch.zeros_like(S)  # a fresh memory per segment
+        ks, vs = k[:, a:a + segment_len], v[:, a:a + segment_len]  # [B, C, H, K], [B, C, H, V]
+        S = S + torch.einsum("bchk,bchv->bhkv", ks, vs)  # all writes of the segment
         states.append(S)
     return torch.stack(states, 2)                                           # [B, H, N, K, V]

@@ -1,4 +1,4 @@
-"""Chapter 6 exercise: Residual Memory's readout.
+"""Chapter 6 exercises: Residual Memory's readout, and the same as an O(1)-memory stream.
 
 Residual Memory (paper Eq. 6-7) adds the online memory's readout and the readouts of every cached
 memory a token may read, with no weights at all:
@@ -27,7 +27,44 @@ def residual_readout(online, states, q, segment_len):
     """
     B, T, H, K = q.shape
     N = states.shape[2]
-    seg = torch.arange(T, device=q.device) // segment_len                  # [T] segment of each token
-    valid = (torch.arange(N, device=q.device) < seg[:, None]).to(q.dtype)   # [T, N] 1 where i < s(t)
-    reads = torch.einsum("bthk,bhnkv->bthnv", q, states)                   # [B, T, H, N, V] every S_i^T q_t
+    seg = torch.arange(T, device=q.device) // segment_len  # [T] segment of each token
+    valid = (torch.arange(N, device=q.device) < seg[:, None]).to(q.dtype)  # [T, N] 1 where i < s(t)
+    reads = torch.einsum("bthk,bhnkv->bthnv", q, states)  # [B, T, H, N, V] every S_i^T q_t
     return online + torch.einsum("tn,bthnv->bthv", valid, reads)            # [B, T, H, V]
+
+
+def residual_stream(tokens, step, state0, segment_len, mode="checkpoint"):
+    """Residual Memory (Eq. 6-7) as a stream in O(1) memory: the collapse of Eq. 12-13.
+
+    A matrix memory is read linearly, M(q) = S^T q, so for token t of segment s
+        y_t = S_t^T q_t + sum_{i < s} S^(i)^T q_t = (S_t + R_s)^T q_t,    R_s = sum_{i < s} S^(i)
+    (S_t: the online state after token t; S^(i): the state cached at the end of segment i). The N
+    cached states need not be kept: only the online state and their running sum R [B, H, K, V].
+    tokens: an iterable giving, token after token, (q_t, k_t, v_t, opts_t): q_t [B, H, K] (already
+        multiplied by the scale), k_t [B, H, K], v_t [B, H, V], opts_t a dict of the memory's
+        per-token scalars ([B, H] each; may be empty);
+    step: the memory's update, step(state, k_t, v_t, **opts_t) -> new state, a tuple whose first
+        item is the matrix S [B, H, K, V] (minimc's LinearMemory().step, DeltaMemory().step and
+        SWLAMemory().step are such functions; SWLA's state also carries k_prev, v_prev);
+    state0: the initial state (a tuple); segment_len: C (constant segments, the last may be short);
+    mode: "checkpoint" (the online memory runs on across segments) or "independent" (it restarts
+        from state0 at every segment start).
+    Write it as a generator: per token, update the online state with step, then
+    ``yield`` y_t = (S_t + R)^T q_t, [B, H, V]; after a segment's last token add its S to R (and
+    restart from state0 in independent mode). Read one token at a time (no look-ahead) and hold
+    only the online state, R and a counter: no list of states, tokens or outputs.
+    Worked example: B = H = K = V = 1, linear memory, C = 2, q = k = [1, 1, 1], v = [1, 2, 3].
+    checkpoint: S goes 1, 3 | 6 and R = 3 after segment 0, so y = [1, 3, 6 + 3] = [1, 3, 9];
+    independent: S goes 1, 3 | 3, so y = [1, 3, 3 + 3] = [1, 3, 6].
+    """
+    state, R, t = state0, None, 0
+    for q_t, k_t, v_t, opts_t in tokens:
+        state = step(state, k_t, v_t, **opts_t)
+        S = state[0]                                                       # [B, H, K, V]
+        R = torch.zeros_like(S) if R is None else R
+        yield torch.einsum("bhkv,bhk->bhv", S + R, q_t)                   # y_t, [B, H, V]
+        t += 1
+        if t % segment_len == 0:                                           # segment ends: cache S
+            R = R + S
+            if mode == "independent":
+                state = state0

@@ -3,7 +3,7 @@
 Gated Residual Memory (paper Eq. 8-10) weighs each memory by a gate computed from the token's
 connector u_t and a summary of the memory's segment:
 
-    r_t^(i) = <u_t, kbar_i> * temperature                       (Eq. 10; kbar_i: mean key of segment i)
+    r_t^(i) = <u_t, kbar_i> * temperature          (Eq. 10; kbar_i: mean key of segment i)
     gamma_t = softmax over {i < s} and the online memory of r_t   (Eq. 8)
     y_t = gamma_t^on M^(s)_t(q_t) + sum_{i < s} gamma_t^(i) M^(i)(q_t)   (Eq. 9)
 
@@ -20,27 +20,31 @@ def causal_gates(u, k, segment_len, temperature):
       cached segment i:   kbar_i = mean of the keys k_j of segment i (all its tokens);
       online, at token t: the running mean of the keys of t's own segment, from its start up to and
                           including t (nothing after t).
-    Scores: <u_t, summary> * temperature. Gates: a softmax over the completed segments i < s and the
-    online memory; every segment i >= s gets gate exactly 0.
+    Scores: <u_t, summary> * temperature (it multiplies: an inverse temperature). Gates: a softmax
+    over the completed segments i < s and the online memory; every segment i >= s gets gate
+    exactly 0.
     Returns gates [B, T, H, N + 1]: column i < N is segment i, column N is the online memory.
 
-    Worked example (B = H = K = 1): u = [1, 1, 1], k = [1, 3, 5], C = 2, temperature 1.
-    Tokens 0 and 1 have no completed segment: gates [0, 0, 1]. Token 2: kbar_0 = 2, online summary
-    5, so gates = [e^2, 0, e^5] / (e^2 + e^5) = [0.047, 0, 0.953].
+    Worked example (B = H = K = 1): u = [1, 1, 1, 1], k = [1, 3, 5, 7], C = 2, temperature 1;
+    two segments, gates [4, 3]. Tokens 0 and 1 have no completed segment: gates [0, 0, 1].
+    Token 2: kbar_0 = 2, online summary 5 (its segment so far: k_2 only), so gates =
+    [e^2, 0, e^5] / (e^2 + e^5) = [0.0474, 0, 0.9526]. Token 3 (the middle of segment 1): online
+    summary (5 + 7) / 2 = 6, gates = [e^2, 0, e^6] / (e^2 + e^6) = [0.0180, 0, 0.9820].
     """
     B, T, H, K = k.shape
     N = -(-T // segment_len)                                                # ceil(T / C)
-    seg = torch.arange(T, device=k.device) // segment_len                  # [T] segment of each token
+    seg = torch.arange(T, device=k.device) // segment_len  # [T] segment of each token
     pad = N * segment_len - T
-    kp = torch.cat([k, k.new_zeros(B, pad, H, K)], 1)                      # [B, N * C, H, K] zero keys at the end
+    kp = torch.cat([k, k.new_zeros(B, pad, H, K)], 1)  # [B, N * C, H, K] zero keys at the end
     lengths = torch.full((N,), segment_len, dtype=k.dtype, device=k.device)
-    lengths[-1] = T - (N - 1) * segment_len                                 # the last segment may be shorter
-    kbar = kp.unflatten(1, (N, segment_len)).sum(2) / lengths[:, None, None]   # [B, N, H, K] mean keys
-    running = kp.unflatten(1, (N, segment_len)).cumsum(2).flatten(1, 2)[:, :T]  # [B, T, H, K] sum since segment start
-    count = (torch.arange(T, device=k.device) - seg * segment_len + 1).to(k.dtype)   # [T] tokens so far
-    online = running / count[:, None, None]                                  # [B, T, H, K] running mean
+    lengths[-1] = T - (N - 1) * segment_len  # the last segment may be shorter
+    segs = kp.unflatten(1, (N, segment_len))                               # [B, N, C, H, K]
+    kbar = segs.sum(2) / lengths[:, None, None]                            # [B, N, H, K] mean keys
+    running = segs.cumsum(2).flatten(1, 2)[:, :T]           # [B, T, H, K] sum since segment start
+    count = (torch.arange(T, device=k.device) - seg * segment_len + 1).to(k.dtype)   # [T] so far
+    online = running / count[:, None, None]  # [B, T, H, K] running mean
     scores = torch.einsum("bthk,bnhk->bthn", u, kbar) * temperature         # [B, T, H, N]
     online_score = (u * online).sum(-1, keepdim=True) * temperature         # [B, T, H, 1]
-    valid = torch.arange(N, device=k.device) < seg[:, None]                 # [T, N] segment i complete before t
+    valid = torch.arange(N, device=k.device) < seg[:, None]  # [T, N] segment i complete before t
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))         # broadcast over B and H
     return torch.cat([scores, online_score], -1).softmax(-1)                # [B, T, H, N + 1]

@@ -37,9 +37,10 @@ def topk_route(scores, online_score, valid, top_k):
     """
     N = scores.shape[-1]
     k = min(top_k, N)
-    masked = scores.masked_fill(~valid, float("-inf"))                     # [..., N] invalid: never chosen
+    masked = scores.masked_fill(~valid, float("-inf"))  # [..., N] invalid: never chosen
     top, idx = masked.topk(k, dim=-1)                                       # [..., k]
     selected = idx.masked_fill(top == float("-inf"), -1)                    # empty slots -> -1
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, idx, top > float("-inf"))  # [..., N]
-    logits = torch.cat([scores.masked_fill(~keep, float("-inf")), online_score[..., None]], -1)  # [..., N + 1]
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, idx, top > float("-inf"))
+    logits = torch.cat([scores.masked_fill(~keep, float("-inf")),                # [..., N + 1]
+                        online_score[..., None]], -1)
     return logits.softmax(-1), selected

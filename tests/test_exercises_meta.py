@@ -31,7 +31,11 @@ def functions(module):
 @pytest.fixture(scope="module")
 def runs():
     files = sorted(grade.chapters()[n][1] for n in grade.chapters())
-    return {impl: grade.run_pytest(files, impl, timeout=1200) for impl in ("solutions", "exercises")}
+    return {impl: grade.run_pytest(files, impl, timeout=1200, records=RECORDS[impl])
+            for impl in ("solutions", "exercises")}
+
+
+RECORDS = {"solutions": [], "exercises": []}          # raw JSON records of the two runs
 
 
 def test_every_chapter_has_solutions_and_tests():
@@ -49,8 +53,9 @@ def test_same_functions_signatures_docstrings(chapter):
     fe, fs = functions(ex), functions(sol)
     assert sorted(fe) == sorted(fs), f"{chapter}: exercises {sorted(fe)} vs solutions {sorted(fs)}"
     for name in fe:
-        assert inspect.signature(fe[name]) == inspect.signature(fs[name]), f"{chapter}.{name}: signature"
-        assert inspect.getdoc(fe[name]), f"{chapter}.{name} needs a docstring (the exercise statement)"
+        where = f"{chapter}.{name}"
+        assert inspect.signature(fe[name]) == inspect.signature(fs[name]), f"{where}: signature"
+        assert inspect.getdoc(fe[name]), f"{where} needs a docstring (the exercise statement)"
         assert inspect.getdoc(fe[name]) == inspect.getdoc(fs[name]), f"{chapter}.{name}: docstring"
 
 
@@ -64,8 +69,10 @@ def _is_stub(node):
 @needs_exercises
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_exercises_are_untouched_stubs(chapter):
-    """Each public function is a stub, or (a helper given to the learner) identical to the solution."""
-    trees = {d: ast.parse((ROOT / d / f"{chapter}.py").read_text()) for d in ("exercises", "solutions")}
+    """Each public function is a stub, or (a helper given to the learner) identical to the
+    solution."""
+    trees = {d: ast.parse((ROOT / d / f"{chapter}.py").read_text())
+             for d in ("exercises", "solutions")}
     given = {n.name: ast.dump(n) for n in trees["solutions"].body if isinstance(n, ast.FunctionDef)}
     stubs = 0
     for node in trees["exercises"].body:
@@ -88,6 +95,26 @@ def test_solutions_pass_every_exercise_test(runs):
 
 
 @needs_exercises
+def test_solutions_run_well_within_the_time_limit(runs):
+    """The per-call limit (grading.LIMIT, 10 s; 30 s for the Triton kernels) must leave a wide
+    margin over the slowest solution, so a slow machine never fails a right answer."""
+    import grading
+    seconds = {r["nodeid"]: r["seconds"] for r in RECORDS["solutions"] if r.get("when") == "call"}
+    assert seconds, "no timings recorded"
+    slowest = max(seconds, key=seconds.get)
+    assert seconds[slowest] < grading.LIMIT / 3, f"{slowest} took {seconds[slowest]} s"
+
+
+def test_every_exercise_test_grades_through_impl():
+    """Every exercise test takes the ``impl`` fixture (whose functions run through
+    grading.call_learner: clones, time limit, None and in-place checks)."""
+    for path in sorted((ROOT / "tests" / "exercises").glob("test_ch*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                assert "impl" in [a.arg for a in node.args.args], f"{path.name}::{node.name}"
+
+
+@needs_exercises
 def test_untouched_stubs_fail_every_exercise_test(runs):
     results, output, note = runs["exercises"]
     assert results and note is None, f"the exercise tests did not run ({note}):\n{output[-3000:]}"
@@ -95,7 +122,8 @@ def test_untouched_stubs_fail_every_exercise_test(runs):
     problems = [f"{k}: {outcome} ({why})" for k, (outcome, why) in results.items()
                 if not (outcome == "failed" and (why or "").startswith("not implemented yet: "))
                 and not (outcome == "skipped" and k in solution_skips)]
-    assert not problems, ("with untouched stubs every exercise test must fail on NotImplementedError "
+    assert not problems, ("with untouched stubs every exercise test must fail on "
+                          "NotImplementedError "
                           "(else it grades nothing):\n" + "\n".join(problems))
     graded = {why.split(": ", 1)[1] for outcome, why in results.values() if outcome == "failed"}
     for chapter in CHAPTERS:

@@ -2,7 +2,8 @@
 
 minimc is the oracle: minimc.memories.DLAMemory (Eq. 30-31) for the gradient and
 minimc.memories.TitansMemory (Eq. 34-36) for the step. Inputs are small float64 tensors
-with awkward sizes (E not a multiple of K, one-element heads) and nonzero momentum.
+with awkward sizes (E != K, so a transposed weight or gradient shows in its shape), nonzero
+weights and momentum. Expected values are computed before the learner's function runs.
 """
 import pytest
 import torch
@@ -11,11 +12,15 @@ from grading import check_close, check_true
 from minimc.memories import DLAMemory, TitansMemory
 
 CH = "ch03_deep_memory"
+AXES_1, AXES_2 = ("B", "H", "E", "K"), ("B", "H", "K", "E")               # W1 / dW1, W2 / dW2
+GRAD_PARTS, STATE_PARTS = ("dW1", "dW2"), ("W1", "W2", "m1", "m2")
+STATE_AXES = (AXES_1, AXES_2, AXES_1, AXES_2)
 SIZES = [(2, 3, 5, 20), (1, 1, 1, 1), (3, 2, 4, 7)]                      # (B, H, K, E)
 
 
 def inputs(B, H, K, E, seed=0, scale=1.0):
-    """state (W1 [B, H, E, K], W2 [B, H, K, E], m1, m2), k, v [B, H, K], lr, momentum, decay [B, H]."""
+    """state (W1 [B, H, E, K], W2 [B, H, K, E], m1, m2), k, v [B, H, K], lr, momentum, decay
+    [B, H]."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)       # noqa: E731
     W1, W2 = r(B, H, E, K) * scale / E ** 0.5, r(B, H, K, E) * scale / K ** 0.5
@@ -27,54 +32,75 @@ def inputs(B, H, K, E, seed=0, scale=1.0):
 
 def oracle_gradient(W1, W2, k, v):
     g1, g2 = DLAMemory(None)._grads(W1, W2, k[:, :, None], v[:, :, None])
-    return g1[:, :, 0], g2[:, :, 0]                                         # [B, H, E, K], [B, H, K, E]
+    return g1[:, :, 0], g2[:, :, 0]  # [B, H, E, K], [B, H, K, E]
 
 
 def oracle_step(state, k, v, lr, momentum, decay):
     return TitansMemory(None).step(state, k, v, lr=lr, momentum=momentum, decay=decay)
 
 
-# ---- part 1: dla_gradient -------------------------------------------------------------------------
+def check_gradient(got, expected, what):
+    """dW1 first (it needs only h = gelu(z)), then dW2 (it needs gelu'(z) and W1)."""
+    check_true(isinstance(got, (tuple, list)) and len(got) == 2,
+               f"dla_gradient should return a pair (dW1, dW2), got {type(got).__name__}")
+    check_close(got[0], expected[0], f"{what}: dW1", axes=AXES_1,
+                hint=lambda at: "dW1 = outer(h, delta) with h = gelu(k @ W2), delta = -v")
+    check_close(got[1], expected[1], f"{what}: dW2", axes=AXES_2,
+                hint=lambda at: "dW1 is right; dW2 = outer(k, (delta @ W1^T) * gelu'(z)) with the "
+                                "exact gelu'(z) = Phi(z) + z phi(z)")
+
+
+def example():
+    """The docstrings' worked example: K = 1, E = 2, W1 = [[1], [2]], W2 = [[1, -1]], k = 1,
+    v = 2."""
+    d = torch.float64
+    W1 = torch.tensor([[1.0], [2.0]], dtype=d).view(1, 1, 2, 1)            # [B, H, E, K]
+    W2 = torch.tensor([[1.0, -1.0]], dtype=d).view(1, 1, 1, 2)             # [B, H, K, E]
+    return W1, W2, torch.ones(1, 1, 1, dtype=d), torch.full((1, 1, 1), 2.0, dtype=d)
+
+
+# ---- part 1: dla_gradient ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,H,K,E", SIZES)
 def test_dla_gradient_matches_minimc(impl, B, H, K, E):
     (W1, W2, _, _), k, v, *_ = inputs(B, H, K, E)
-    got = impl(CH).dla_gradient(W1, W2, k, v)
-    check_close(got, oracle_gradient(W1, W2, k, v), "dla_gradient (dW1, dW2)")
+    expected = oracle_gradient(W1, W2, k, v)
+    check_gradient(impl(CH).dla_gradient(W1, W2, k, v), expected, "dla_gradient")
 
 
 def test_dla_gradient_large_preactivations(impl):
     """Large weights push z = k W2 into GELU's tails, where an approximate derivative shows."""
     (W1, W2, _, _), k, v, *_ = inputs(2, 2, 6, 24, seed=1, scale=3.0)
-    check_close(impl(CH).dla_gradient(W1, W2, k, v), oracle_gradient(W1, W2, k, v),
-                "dla_gradient (dW1, dW2) with large pre-activations (use the exact GELU, z Phi(z))")
+    expected = oracle_gradient(W1, W2, k, v)
+    check_gradient(impl(CH).dla_gradient(W1, W2, k, v), expected,
+                   "dla_gradient with large pre-activations (use the exact GELU, z Phi(z))")
 
 
 def test_dla_gradient_worked_example(impl):
-    one = lambda x: torch.full((1, 1, 1, 1), x, dtype=torch.float64)       # noqa: E731
-    W1, W2, k, v = one(1.0), one(0.0), one(2.0)[..., 0], one(3.0)[..., 0]
-    got = impl(CH).dla_gradient(W1, W2, k, v)
-    check_close(got, oracle_gradient(W1, W2, k, v), "dla_gradient on the docstring's worked example")
+    W1, W2, k, v = example()
+    expected = oracle_gradient(W1, W2, k, v)  # dW1 [[-1.6827], [0.3173]], dW2 [[-2.1666, 0.3333]]
+    check_gradient(impl(CH).dla_gradient(W1, W2, k, v), expected, "the worked example")
 
 
-# ---- part 2: titans_step --------------------------------------------------------------------------
+# ---- part 2: titans_step -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,H,K,E", SIZES)
 def test_titans_step_matches_minimc(impl, B, H, K, E):
     state, k, v, lr, mom, dec = inputs(B, H, K, E, seed=2)
+    expected = oracle_step(state, k, v, lr, mom, dec)
     got = impl(CH).titans_step(state, k, v, lr, mom, dec)
     check_true(isinstance(got, (tuple, list)) and len(got) == 4,
                "titans_step should return the new state as a tuple (W1, W2, m1, m2)")
-    check_close(got, oracle_step(state, k, v, lr, mom, dec), "titans_step state (W1, W2, m1, m2)")
+    check_close(got, expected, "titans_step's new", parts=STATE_PARTS, axes=STATE_AXES)
 
 
 def test_titans_step_worked_example(impl):
-    one = lambda x: torch.full((1, 1, 1, 1), x, dtype=torch.float64)       # noqa: E731
-    state = (one(1.0), one(0.0), one(0.0), one(0.0))
-    k, v = one(2.0)[..., 0], one(3.0)[..., 0]
+    W1, W2, k, v = example()
+    state = (W1, W2, torch.zeros_like(W1), torch.zeros_like(W2))
     lr, mom, dec = (torch.full((1, 1), x, dtype=torch.float64) for x in (0.1, 0.9, 1.0))
+    expected = oracle_step(state, k, v, lr, mom, dec)        # W1 [[1.0801], [1.9849]], ...
     got = impl(CH).titans_step(state, k, v, lr, mom, dec)
-    check_close(got, oracle_step(state, k, v, lr, mom, dec), "titans_step on the docstring's worked example")
+    check_close(got, expected, "the worked example's new", parts=STATE_PARTS, axes=STATE_AXES)
 
 
 def test_titans_step_sequence(impl):
@@ -88,4 +114,5 @@ def test_titans_step_sequence(impl):
                         for s, o in ((0.2, 0.0), (0.9, 0.0), (0.1, 0.9)))
         expected = oracle_step(tuple(x.clone() for x in mine), k, v, lr, mom, dec)
         mine = impl(CH).titans_step(mine, k, v, lr, mom, dec)
-        check_close(mine, expected, f"titans_step state after token {t}")
+        check_close(mine, expected, f"after token {t}, the new", parts=STATE_PARTS,
+                    axes=STATE_AXES)

@@ -128,14 +128,18 @@ def mix_weights(gates, online_states, cache):
 
 def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_len=64,
                    segmentation="constant", mode="checkpoint", top_k=2, pool="mean",
-                   temperature=None, scale=None, return_info=False, backend="torch",
-                   check_nan=True, **memory_options):
+                   temperature=None, scale=None, gate_keys=None, return_info=False,
+                   backend="torch", check_nan=True, **memory_options):
     """Memory Caching over a whole sequence (Eq. 4-17).
 
     q, k, u: [B, T, H, K]; v: [B, T, H, V]; memory options: per-token [B, T, H] tensors (decay,
     beta, a/b/c, lr, momentum) or settings (weights, chunk_size). ``u=None`` means u = q (the
     paper's alternative to a connector); ``temperature`` (an inverse temperature: it multiplies
     the scores) and ``scale`` default to K ** -0.5 (Decision; 1.0 is the paper read literally).
+    ``gate_keys`` [M, H, K] (M >= N + 1): position-only gates, the paper's "- Context-dependent"
+    ablation (Table 5): segment i is scored with the learned key gate_keys[i] and the online
+    memory with gate_keys[-1] instead of their pooled keys, so a segment's weight depends on
+    the token and the segment's index, never on what the segment holds.
     ``backend="triton"`` runs the cached readout of a matrix memory in the Triton kernel.
     Returns o: [B, T, H, V], and with ``return_info`` a dict: gates [B, T, H, N + 1] (column N
     = the online memory), selected (SSC), bounds, states (cached, leaves [B, H, N, ...]),
@@ -150,6 +154,8 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
     q = q * scale
     bounds = segment_bounds(T, segment_len, segmentation)
     N = len(bounds)
+    if gate_keys is not None:
+        check_gate_keys(gate_keys, N, q)
 
     # 1. The online memory, segment by segment; the end state of each segment is cached.
     state0 = state = mem.init_state(q, k, v)
@@ -165,6 +171,9 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
 
     # 2. Gates from segment summaries; token t may read segment i only when i < s(t).
     scores, online_score, kbar = summaries(k, u, bounds, pool, temperature)
+    if gate_keys is not None:                               # position-only gates
+        scores = torch.einsum("bthk,nhk->bthn", u, gate_keys[:N]) * temperature
+        online_score = (u * gate_keys[-1]).sum(-1) * temperature
     seg = _segment_of_each_token(bounds, q.device)                          # [T]
     valid = seg[:, None, None] > torch.arange(N, device=q.device)          # [T, 1, N]
     gates, selected = gate(scores, online_score, valid, variant, top_k)    # [B, T, H, N + 1]
@@ -192,6 +201,15 @@ def check_options(variant, segment_len, segmentation, mode, top_k, pool, tempera
     for name, x in (("temperature", temperature), ("scale", scale)):
         if x is not None:
             check_number(name, x)
+
+
+def check_gate_keys(gate_keys, N, q):
+    H, K = q.shape[2:]
+    check_tensor("gate_keys", gate_keys, (None, H, K), ("M", "H", "K"))
+    check_like("gate_keys", gate_keys, q)
+    if gate_keys.shape[0] < N + 1:
+        raise ValueError(f"gate_keys has M = {gate_keys.shape[0]} rows: a sequence with N = {N} "
+                         f"segments needs N + 1 = {N + 1} (one per segment and the online one)")
 
 
 def check_caching_args(q, k, v, u, mem, opts, variant, segment_len, segmentation, mode, top_k,
@@ -225,8 +243,8 @@ class CachingStream:
 
     def __init__(self, *, memory="linear", variant="grm", segment_len=64,
                  segmentation="constant", mode="checkpoint", top_k=2, pool="mean",
-                 temperature=None, scale=None, seq_len=None, backend="torch", check_nan=True,
-                 **settings):
+                 temperature=None, scale=None, gate_keys=None, seq_len=None, backend="torch",
+                 check_nan=True, **settings):
         check_options(variant, segment_len, segmentation, mode, top_k, pool, temperature, scale,
                       backend)
         if seq_len is not None:
@@ -239,6 +257,7 @@ class CachingStream:
                              "CachingStream()")
         self.variant, self.mode, self.top_k, self.pool = variant, mode, top_k, pool
         self.temperature, self.scale, self.backend = temperature, scale, backend
+        self.gate_keys = gate_keys
         self.check_nan, self.seq_len = check_nan, seq_len
         bounds = segment_bounds(seq_len, segment_len, segmentation) if seq_len else None
         self.ends = {b for _, b in bounds} if segmentation == "log" else None
@@ -288,8 +307,12 @@ class CachingStream:
         self.key_sum, self.count = self.key_sum + k, self.count + 1
         n = len(self.cache)
         if n:                                                   # the same gates and mixing
-            scores = torch.einsum("bthk,bnhk->bthn", u, torch.stack(self.kbar, 1)) * temperature
+            summary = torch.stack(self.kbar, 1)                              # [B, n, H, K]
             online = pool_keys(self.key_sum, self.count, self.pool)           # [B, 1, H, K]
+            if self.gate_keys is not None:                                   # position-only
+                check_gate_keys(self.gate_keys, n, q)
+                summary, online = self.gate_keys[None, :n], self.gate_keys[-1]
+            scores = torch.einsum("bthk,bnhk->bthn", u, summary) * temperature
             valid = torch.ones(n, dtype=torch.bool, device=q.device)
             gates, selected = gate(scores, (u * online).sum(-1) * temperature, valid,
                                    self.variant, self.top_k)                  # [B, 1, H, n + 1]

@@ -101,7 +101,10 @@ class MemoryLayer(Mixer):
     """A recurrent memory as a sequence mixer, with Memory Caching when ``caching`` is given.
 
     caching: None (plain memory) or a dict of ``memory_caching`` options, e.g.
-    ``dict(variant="grm", segment_len=8, mode="independent")``; a connector u = x W_u is added.
+    ``dict(variant="grm", segment_len=8, mode="independent")``, and two of the layer's own:
+    ``connector`` (default True: u = x W_u, its own projection; False: u = q, the paper's
+    alternative) and ``gates`` ("content", default; "position": learned per-segment keys instead
+    of pooled keys, the paper's "- Context-dependent" ablation, for at most ``max_segments``).
     The memory's class says how q, k, v are prepared (``feature_map``: elu+1, or L2
     normalisation; a deep memory's values are L2-normalised too) and how its per-token options
     are made from x (``layer_scalars``: scale * sigmoid(x W + bias)). ``decay=True`` also learns
@@ -113,14 +116,23 @@ class MemoryLayer(Mixer):
                  decay=False, chunk_size=None, expansion=4):
         check_choice("memory", memory, MEMORIES)
         check_positive_int(d_model=d_model, n_heads=n_heads, head_dim=head_dim, expansion=expansion)
-        super().__init__(d_model, n_heads, head_dim, conv, extra=1 if caching else 0)
+        caching = dict(caching) if caching else None
+        if caching:
+            _check_caching_options(caching)
+        connector = bool(caching) and caching.pop("connector", True)
+        gates = caching.pop("gates", "content") if caching else "content"
+        max_segments = caching.pop("max_segments", None) if caching else None
+        super().__init__(d_model, n_heads, head_dim, conv, extra=int(connector))
         self.cls = cls = MEMORIES[memory]
         if decay and not cls.optional_args:
             raise ValueError(f"decay=True: memory={memory!r} has no optional decay (only "
                              f"{[n for n, c in MEMORIES.items() if c.optional_args]} do)")
-        self.memory, self.caching = memory, dict(caching) if caching else None
-        if self.caching:
-            _check_caching_options(self.caching)
+        self.memory, self.caching = memory, caching
+        if gates == "position":                             # learned keys, one per segment index
+            check_positive_int(max_segments=max_segments)
+            keys = torch.randn(max_segments + 1, n_heads, head_dim) * head_dim ** -0.5
+            self.gate_keys = nn.Parameter(keys)             # [M, H, K]
+            self.caching["gate_keys"] = self.gate_keys
         self.scalars = {n: init for n, init in cls.layer_scalars.items()
                         if decay or n not in cls.optional_args}     # name: (bias, scale)
         self.scalar_proj = None
@@ -198,8 +210,9 @@ class MemoryLayer(Mixer):
 
 def _check_caching_options(caching):
     allowed = {"variant", "segment_len", "segmentation", "mode", "top_k", "pool", "temperature",
-               "backend"}
+               "backend", "connector", "gates", "max_segments"}
     unknown = sorted(set(caching) - allowed)
+    check_choice("gates", caching.get("gates", "content"), ("content", "position"))
     if unknown:
         raise ValueError(f"caching options {unknown} are not memory_caching options; "
                          f"allowed: {sorted(allowed)}")

@@ -16,6 +16,10 @@ MIXERS = {
     "titans-soup": dict(mixer="titans", chunk_size=1, caching=dict(variant="soup", segment_len=4)),
     "titans-grm-chunked": dict(mixer="titans", chunk_size=3, caching=dict(variant="grm",
                                                                          segment_len=7)),
+    "linear-grm-position": dict(mixer="linear", caching=dict(variant="grm", segment_len=4,
+                                                             gates="position", max_segments=6)),
+    "linear-ssc-no-connector": dict(mixer="linear", caching=dict(variant="ssc", segment_len=4,
+                                                                 connector=False)),
 }
 
 
@@ -68,3 +72,26 @@ def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
         tiny_lm("mamba")
     assert isinstance(TinyLM(16, mixer="attention"), TinyLM)
+
+
+def test_position_gates_ignore_what_a_segment_holds():
+    """gates="position" (the paper's "- Context-dependent" ablation): changing the keys of an
+    earlier segment changes content gates but not position-only gates."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 32, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 1] += 1.0                                          # a token of segment 0
+    for gates, same in (("position", True), ("content", False)):
+        layer = MemoryLayer(32, caching=dict(variant="grm", segment_len=4, gates=gates,
+                                             max_segments=4), conv=0).double()
+        g1 = layer(x, return_info=True)[1]["gates"][0, 12:]
+        g2 = layer(x2, return_info=True)[1]["gates"][0, 12:]  # tokens of the last segment
+        assert torch.allclose(g1, g2) == same, gates
+    with pytest.raises(ValueError, match="gate_keys has M = 3 rows"):
+        MemoryLayer(32, caching=dict(variant="grm", segment_len=4, gates="position",
+                                     max_segments=2))(torch.randn(1, 16, 32))
+
+
+def test_connector_off_means_u_is_q():
+    layer = MemoryLayer(32, caching=dict(variant="grm", segment_len=4, connector=False))
+    assert layer.qkv.out_features == 3 * 2 * 16             # q, k, v: no W_u

@@ -72,7 +72,8 @@ def test_book_infrastructure():
 
 # Lint (ruff: pyflakes + pycodestyle, lines <= 100) over the code that is clean so far.
 LINTED = ["minimc", "book/conftest.py", "scripts/build_book.py", "tests/test_bad_inputs.py",
-          "tests/test_notebook_guards.py"]
+          "tests/test_notebook_guards.py", "tests/test_layer_anatomy.py",
+          "tests/test_truth_ch05_07.py"]
 
 
 def test_lint():

@@ -45,8 +45,9 @@ def readout_block_kernel(q, S, gates, o, T, N, K: tl.constexpr, V: tl.constexpr,
     are padding (load them as 0, never store them). The launcher gives q, gates and o BT rows,
     the padding filled with NaN, so a missing mask gives an error or NaN, not a crash.
     1. Load the query block b_q [BT, K] once; start a float32 accumulator b_o [BT, V] at zero.
-    2. For each state i: load gate column i, b_g [BT]; if some gate is nonzero
-       (tl.max(tl.abs(b_g), axis=0) > 0), load S[i] as b_s [K, V] and add
+    2. For each state i: load gate column i, b_g [BT]; if some gate is not 0
+       (tl.max(tl.where(b_g == 0, 0.0, 1.0), axis=0) > 0: a NaN gate is not 0, so it is read),
+       load S[i] as b_s [K, V] and add
        b_g[:, None] * tl.dot(b_q, b_s).
     3. Store b_o into o.
     """

@@ -114,8 +114,8 @@ def mix_outputs(mem, gates, online_out, cache, q, blocks, selected=None, backend
 
 
 def mix_weights(gates, online_states, cache):
-    """Memory Soup (Eq. 14-15): theta*_t = g_on theta_t + sum_i g_i theta_i, the weights each
-    token reads through. gates [B, T, H, N + 1]; online_states: every token's own state, leaves
+    """Memory Soup: the souped weights of Eq. 15, theta*_t = g_on theta_t + sum_i g_i theta_i,
+    the weights token t reads through (gates as in Eq. 10). gates [B, T, H, N + 1]; online_states: every token's own state, leaves
     [B, H, T, ...]; cache leaves [B, H, N, ...] -> leaves [B, H, T, ...]."""
     g = gates.transpose(1, 2)                               # [B, H, T, N + 1]
     N = g.shape[-1] - 1
@@ -179,7 +179,7 @@ def memory_caching(q, k, v, u=None, *, memory="linear", variant="grm", segment_l
     gates, selected = gate(scores, online_score, valid, variant, top_k)    # [B, T, H, N + 1]
 
     # 3. Aggregate: mix the memories' weights (Soup) or their outputs (the others).
-    if variant == "soup":
+    if variant == "soup":                                   # Eq. 15
         online_states = tuple(torch.cat(x, 2) for x in zip(*outs))          # leaves [B, H, T, ...]
         out = mem.read_each(mix_weights(gates, online_states, cache), q)
     else:

@@ -4,7 +4,7 @@ Memory Soup (Eq. 14-15) mixes the memories' *weights*, not their outputs: every 
 its own memory from the online memory's weights at t and the N cached memories' weights, with
 the same gates as Gated Residual Memory, and reads its query through that memory:
 
-    theta*_t = gamma_t^on theta_t + sum_i gamma_t^(i) theta^(i)      (Eq. 14)
+    theta*_t = gamma_t^on theta_t + sum_i gamma_t^(i) theta^(i)      (Eq. 15)
     y_t      = M_{theta*_t}(q_t)                                     (Eq. 15)
 
 A memory's state is a tuple of tensors ("leaves"); the soup mixes every leaf the same way, so
@@ -16,7 +16,7 @@ import torch
 
 
 def soup_weights(online, cache, gates):
-    """theta*_t = gamma_t^on theta_t + sum_i gamma_t^(i) theta^(i), for every token t (Eq. 14).
+    """theta*_t = gamma_t^on theta_t + sum_i gamma_t^(i) theta^(i), for every token t (Eq. 15).
 
     online: [B, H, T, ...]   one leaf of the online memory's state after each token t
     cache:  [B, H, N, ...]   the same leaf of the N cached memories' states

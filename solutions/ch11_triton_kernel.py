@@ -51,8 +51,9 @@ def readout_block_kernel(q, S, gates, o, T, N, K: tl.constexpr, V: tl.constexpr,
     are padding (load them as 0, never store them). The launcher gives q, gates and o BT rows,
     the padding filled with NaN, so a missing mask gives an error or NaN, not a crash.
     1. Load the query block b_q [BT, K] once; start a float32 accumulator b_o [BT, V] at zero.
-    2. For each state i: load gate column i, b_g [BT]; if some gate is nonzero
-       (tl.max(tl.abs(b_g), axis=0) > 0), load S[i] as b_s [K, V] and add
+    2. For each state i: load gate column i, b_g [BT]; if some gate is not 0
+       (tl.max(tl.where(b_g == 0, 0.0, 1.0), axis=0) > 0: a NaN gate is not 0, so it is read),
+       load S[i] as b_s [K, V] and add
        b_g[:, None] * tl.dot(b_q, b_s).
     3. Store b_o into o.
     """
@@ -62,7 +63,7 @@ def readout_block_kernel(q, S, gates, o, T, N, K: tl.constexpr, V: tl.constexpr,
     b_o = tl.zeros([BT, V], dtype=tl.float32)                               # [BT, V]
     for i in range(N):
         b_g = tl.load(gates + o_t * N + i, mask=m_t, other=0.)              # [BT] gate column i
-        if tl.max(tl.abs(b_g), axis=0) > 0:                                 # somebody reads state i
+        if tl.max(tl.where(b_g == 0, 0.0, 1.0), axis=0) > 0:                # somebody reads state i
             b_s = tl.load(S + i * K * V + o_k[:, None] * V + o_v[None, :])  # [K, V] state i
             b_o += b_g[:, None] * tl.dot(b_q, b_s)                          # [BT, V]
     tl.store(o + o_t[:, None] * V + o_v[None, :], b_o, mask=m_t[:, None])
@@ -121,7 +122,7 @@ def readout_dq_kernel(do, S, gates, dq, T, N, K: tl.constexpr, V: tl.constexpr,
     b_dq = tl.zeros([BT, K], dtype=tl.float32)                              # [BT, K]
     for i in range(N):
         b_g = tl.load(gates + o_t * N + i, mask=m_t, other=0.)              # [BT] gate column i
-        if tl.max(tl.abs(b_g), axis=0) > 0:
+        if tl.max(tl.where(b_g == 0, 0.0, 1.0), axis=0) > 0:          # NaN is read
             b_st = tl.load(S + i * K * V + o_v[:, None] + o_k[None, :] * V)   # [V, K] S_i^T
             b_dq += b_g[:, None] * tl.dot(b_do, b_st)                       # [BT, K]
     tl.store(dq + o_t[:, None] * K + o_k[None, :], b_dq, mask=m_t[:, None])

@@ -1,6 +1,6 @@
 """Grades chapter 8, Memory Soup (exercises/ch08_soup.py).
 
-minimc is the oracle: minimc.mix_weights (the weighted sum of weights of Eq. 14) and, end to
+minimc is the oracle: minimc.mix_weights (the souped weights theta* of Eq. 15) and, end to
 end, minimc.memory_caching(variant="soup") with a deep memory (Eq. 15). Expected values are
 computed before the learner's function runs.
 """

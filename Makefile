@@ -32,8 +32,10 @@ $(NODE): package.json package-lock.json
 	touch $(NODE)
 
 # The main job: execute every chapter and build the HTML book offline; fails on any cell error.
+# Then, where Chromium is installed, every page must load without a browser console error.
 book: $(STAMP) $(NODE)
 	$(BIN)/python scripts/build_book.py
+	@$(BIN)/python scripts/check_pages.py; test $$? != 1
 
 # Everything CI checks (.ci/run): library tests, exercise tests against solutions, the stub
 # check, the repository checks, then every notebook. Runs both halves, fails if either fails.

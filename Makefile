@@ -60,11 +60,13 @@ test-notebooks: $(STAMP)
 grade: $(STAMP)
 	@$(BIN)/python scripts/grade.py $(if $(CHAPTER),--chapter $(CHAPTER))
 
-# make lab LAB_ARGS="--no-browser --allow-root" inside a container.
+# make lab LAB_ARGS="--no-browser --allow-root" inside a container. .jupyter/lab-settings/
+# (page_config.json) turns off JupyterLab's news plug-in: no "get notified about Jupyter news?"
+# pop-up, no request to the internet.
 lab: $(STAMP)
 	@$(BIN)/jupyter labextension list 2>&1 | grep -q "@jupyter-widgets/jupyterlab-manager" || \
 	  echo "warning: the ipywidgets extension is missing; widgets will not be live (pip install ipywidgets)"
-	$(BIN)/jupyter lab book/ $(LAB_ARGS)
+	$(BIN)/jupyter lab book/ --LabApp.app_settings_dir="$(CURDIR)/.jupyter/lab-settings" $(LAB_ARGS)
 
 # Screenshots of every built page (run make book first) into screenshots/.
 screenshots:

@@ -108,12 +108,13 @@ def _stops(control, name, stops):
     elif name in stops:
         values = sorted({*stops[name], control.value})
     elif hasattr(control, "step") and hasattr(control, "readout_format"):    # a slider
-        lo, hi, step = control.min, control.max, control.step or 1
-        ticks = [min(hi, lo + round((hi - lo) * i / (N_STOPS - 1) / step) * step)
-                 for i in range(N_STOPS)]
-        if hasattr(control, "base"):             # FloatLogSlider: stops in the exponent
-            ticks = [control.base ** t for t in ticks]
-        values = sorted({type(control.value)(float(f"{t:.12g}")) for t in ticks} | {control.value})
+        lo, hi, step, gap = control.min, control.max, control.step or 1, (N_STOPS - 1) or 1
+        log = hasattr(control, "base")           # FloatLogSlider: stops in the exponent
+        at = math.log(control.value, control.base) if log else control.value
+        ticks = [min(hi, lo + round((hi - lo) * i / gap / step) * step) for i in range(N_STOPS)]
+        ticks = [t for t in ticks if t in (lo, hi) or abs(t - at) > (hi - lo) / gap / 2]
+        values = sorted({type(control.value)(float(f"{control.base ** t if log else t:.12g}"))
+                         for t in ticks} | {control.value})   # the default replaces its neighbour
     else:
         return None
     return [(v, _label(control, v)) for v in values]
@@ -227,10 +228,11 @@ def static_interact(fn, *, live_only=(), stops=None, **controls):
     _widgets_shown[0] += 1
     if os.environ.get("MINIMC_PRECOMPUTE") != "1":
         live_only = [c._kwarg for c in shown]
-    bundle, start = w._repr_mimebundle_(), time.perf_counter()
+    bundle, start, cpu = w._repr_mimebundle_(), time.perf_counter(), time.process_time()
     bundle["text/html"] = _static_html(fn, shown, calls[0], default_view, live_only, stops or {})
-    cost = {"views": bundle["text/html"].count('class="mc-view"'),
-            "seconds": round(time.perf_counter() - start, 2)}     # build_book sums these
+    cost = {"views": bundle["text/html"].count('class="mc-view"'),     # build_book sums these
+            "seconds": round(time.perf_counter() - start, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2)}
     display(bundle, raw=True, metadata={"minimc.viz": cost})     # None: the widget shows once
 
 

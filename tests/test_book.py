@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from check_pages import Chromium, find_chromium, pages  # noqa: E402
 
 CHAPTERS = ["02", "05", "06"]        # light chapters with widgets: sliders, dropdowns, both modes
+pytestmark = pytest.mark.timeout(900)    # building the small book takes about 2 minutes
 
 # Per widget: its controls (a label, the value shown, enabled or not) and the view on show.
 STATE = """Array.from(document.querySelectorAll(".mc-widget"), w => ({

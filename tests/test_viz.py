@@ -6,6 +6,7 @@ import re
 from unittest import mock
 
 import matplotlib
+import ipywidgets
 from ipywidgets import fixed
 
 matplotlib.use("Agg")
@@ -117,6 +118,14 @@ def test_live_only_controls_are_disabled_with_a_note(monkeypatch):
                               width=fixed(2.0), live_only=("n",))
     assert [d for _, d in controls(page)] == [True, False] and "Greyed controls" in page
     assert set(views(page)) == {(0,), (1,)} and len(calls) == 2
+
+
+def test_slider_stops_span_the_range_and_hold_the_default():
+    log = ipywidgets.FloatLogSlider(value=8 ** -0.5, min=-1.5, max=1.5, step=0.1)
+    assert [t for _, t in viz._stops(log, "tau", {})] == ["0.0316", "0.354", "3.16", "31.6"]
+    ints = ipywidgets.IntSlider(value=40, min=1, max=128)                # 43 gives way to 40
+    assert [v for v, _ in viz._stops(ints, "T", {})] == [1, 40, 86, 128]
+    assert [v for v, _ in viz._stops(ints, "T", {"T": [8, 128]})] == [8, 40, 128]
 
 
 def test_a_broken_default_view_fails_the_cell(monkeypatch):

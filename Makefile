@@ -32,8 +32,10 @@ $(NODE): package.json package-lock.json
 	touch $(NODE)
 
 # The main job: execute every chapter and build the HTML book offline; fails on any cell error.
+# Then, where Chromium is installed, every page must load without a browser console error.
 book: $(STAMP) $(NODE)
 	$(BIN)/python scripts/build_book.py
+	@$(BIN)/python scripts/check_pages.py; test $$? != 1
 
 # Everything CI checks (.ci/run): library tests, exercise tests against solutions, the stub
 # check, the repository checks, then every notebook. Runs both halves, fails if either fails.
@@ -58,11 +60,13 @@ test-notebooks: $(STAMP)
 grade: $(STAMP)
 	@$(BIN)/python scripts/grade.py $(if $(CHAPTER),--chapter $(CHAPTER))
 
-# make lab LAB_ARGS="--no-browser --allow-root" inside a container.
+# make lab LAB_ARGS="--no-browser --allow-root" inside a container. .jupyter/lab-settings/
+# (page_config.json) turns off JupyterLab's news plug-in: no "get notified about Jupyter news?"
+# pop-up, no request to the internet.
 lab: $(STAMP)
 	@$(BIN)/jupyter labextension list 2>&1 | grep -q "@jupyter-widgets/jupyterlab-manager" || \
 	  echo "warning: the ipywidgets extension is missing; widgets will not be live (pip install ipywidgets)"
-	$(BIN)/jupyter lab book/ $(LAB_ARGS)
+	$(BIN)/jupyter lab book/ --LabApp.app_settings_dir="$(CURDIR)/.jupyter/lab-settings" $(LAB_ARGS)
 
 # Screenshots of every built page (run make book first) into screenshots/.
 screenshots:

@@ -66,8 +66,10 @@ def test_book_infrastructure():
     for p in (ROOT / "book").glob("*.ipynb"):
         assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name), f"book/{p.name}: name it NN_slug.ipynb"
     lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
-    for dep in ("mathjax", "requirejs", "@jupyter-widgets/html-manager"):
-        assert f"node_modules/{dep}" in lock, f"package-lock.json lacks {dep}"
+    assert "node_modules/mathjax" in lock, "package-lock.json lacks mathjax"
+    # Widgets show their own static face (minimc.viz.static_interact), never the ipywidgets view
+    assert "nb_mime_priority_overrides: [[html, application/vnd.jupyter.widget-view+json, null]]" \
+        in config and "nb_ipywidgets_js: {}" in config
 
 
 # Lint (ruff: pyflakes + pycodestyle, lines <= 100) over the code that is clean so far.

@@ -115,8 +115,9 @@ def mix_outputs(mem, gates, online_out, cache, q, blocks, selected=None, backend
 
 def mix_weights(gates, online_states, cache):
     """Memory Soup: the souped weights of Eq. 15, theta*_t = g_on theta_t + sum_i g_i theta_i,
-    the weights token t reads through (gates as in Eq. 10). gates [B, T, H, N + 1]; online_states: every token's own state, leaves
-    [B, H, T, ...]; cache leaves [B, H, N, ...] -> leaves [B, H, T, ...]."""
+    the weights token t reads through (gates as in Eq. 10). gates [B, T, H, N + 1];
+    online_states: every token's own state, leaves [B, H, T, ...]; cache leaves [B, H, N, ...]
+    -> leaves [B, H, T, ...]."""
     g = gates.transpose(1, 2)                               # [B, H, T, N + 1]
     N = g.shape[-1] - 1
     mixed = []

@@ -17,8 +17,6 @@ Queries arrive already multiplied by ``scale``. Per-token options (decay, beta, 
 default. The other facts a layer or a check needs also live on the class (``matrix``, ``deep``,
 ``feature_map``, ``layer_scalars``, ``dtypes``).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +56,9 @@ class Memory:
     settings = ("chunk_size",)
     matrix = False           # one K x V matrix read as S^T q: the readout is linear in the state
     deep = False             # an MLP trained at test time (needs K == V and initial weights)
-    feature_map = "elu+1"    # what the layer applies to q and k: "elu+1" or "l2"
+    feature_map = "elu+1"    # what the layer applies to q and k: "elu+1", "elu+1, l2" or "l2"
+    value_map = None         # what it applies to v: None, "l2" (unit) or "rms" (norm sqrt(K))
+    layer_settings = {}      # settings a layer passes (DeepMemory: normalize=True)
     layer_scalars = {}       # n: (bias, scale): the layer makes n = scale * sigmoid(x W + bias)
     optional_args = ()       # options a layer learns only when asked (MemoryLayer(decay=True))
     dtypes = FLOATS          # dtypes the fast form computes correctly
@@ -174,8 +174,8 @@ class LinearMemory(MatrixMemory):
 class DeltaMemory(MatrixMemory):
     """DeltaNet: S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T, keys L2-normalised here."""
     token_args = {"beta": "[0, 1]"}
-    layer_scalars = {"beta": (0.0, 1.0)}
-    feature_map = "l2"
+    layer_scalars = {"beta": (-3.0, 1.0)}              # beta starts at 0.047: small first writes
+    feature_map = "elu+1, l2"                          # non-negative unit keys and queries
     dtypes = (torch.float32, torch.float64)            # the triangular solve (CPU): no float16
 
     def step(self, state, k, v, beta=None):
@@ -205,7 +205,7 @@ class SWLAMemory(MatrixMemory):
     (a, b, c): S_t = a_t S_{t-1} + b_t k_{t-1} v_{t-1}^T + c_t k_t v_t^T. The state also keeps
     (k_{t-1}, v_{t-1})."""
     token_args = {"a": "[0, 1]", "b": "[0, 1]", "c": "[0, 1]"}     # a = 0: a window of 2
-    layer_scalars = {"a": (0.0, 1.0), "b": (0.0, 1.0), "c": (0.0, 1.0)}
+    layer_scalars = {"a": (5.0, 1.0), "b": (0.0, 1.0), "c": (0.0, 1.0)}   # a starts at 0.993
 
     def init_state(self, q, k, v):
         B, _, H, K = k.shape
@@ -245,14 +245,20 @@ class DeepMemory(Memory):
     M(x) = x + gelu(x @ W2) @ W1); m are the momenta (zero for DLA). The initial weights
     ``weights=(W1 [H, E, K], W2 [H, K, E])`` are learned by the layer (Decision: never zeros).
     Chunked form (``chunk_size``, Decision as in Titans and TTT): inside a chunk every gradient
-    is taken at the chunk's starting weights (mini-batch gradient descent); 1 is exact."""
-    settings = ("chunk_size", "weights")
+    is taken at the chunk's starting weights (mini-batch gradient descent); 1 is exact.
+    ``normalize=True`` (Decision; what the layers use) divides each token's gradient by the
+    curvature of its loss along it (the mean eigenvalue of the Gauss-Newton J J^T, J = dM(k)/dθ),
+    so lr is a fraction, as the delta rule's beta is: a write removes about lr of the error."""
+    settings = ("chunk_size", "weights", "normalize")
+    layer_settings = {"normalize": True}
     deep = True
-    feature_map = "l2"
+    feature_map = "elu+1, l2"                          # non-negative unit keys and queries
+    value_map = "rms"                                  # values of norm sqrt(K)
     dtypes = (torch.float32, torch.float64)            # float16 overflows in the inner loop
+    curvature = 1                                      # d2 loss / dM(k)2 along J: 1, or 2 for L2
 
-    def __init__(self, weights, chunk_size=16):
-        self.weights, self.chunk_size = weights, chunk_size
+    def __init__(self, weights, chunk_size=16, normalize=False):
+        self.weights, self.chunk_size, self.normalize = weights, chunk_size, normalize
 
     @property
     def stream_chunk(self):
@@ -267,67 +273,100 @@ class DeepMemory(Memory):
         momenta = 2 if "momentum" in self.token_args else 1
         return 2 * K * self.weights[0].shape[-2] * momenta
 
-    def _grads(self, W1, W2, k, v):
-        """Closed-form per-token gradients of the loss at fixed weights.
-        k, v: [B, H, c, K]; W1 [B, H, E, K]; W2 [B, H, K, E] -> [B, H, c, E, K], [B, H, c, K, E]."""
+    def _factors(self, W1, W2, k, v):
+        """A token's gradients at fixed weights are rank one: dW1_j = h_j^T dy_j and
+        dW2_j = k_j^T dz_j. k, v: [B, H, c, K] -> h, dy, dz: [B, H, c, E], [.., K], [.., E]."""
         z = k @ W2                                                          # [B, H, c, E]
         h = F.gelu(z)
         dy = self._dloss(k + h @ W1, v)                                     # dloss / dM(k)
-        gelu_slope = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / (
-            math.sqrt(2 * math.pi))
-        dz = (dy @ W1.transpose(-1, -2)) * gelu_slope                       # [B, H, c, E]
+        dz = _gelu_backward(dy @ W1.transpose(-1, -2), z)                   # dy W1^T * gelu'(z)
+        if self.normalize:       # |dM(k)/dθ|^2 / K = |h|^2 + |k|^2 sum_e gelu'(z_e)^2 |W1_e|^2 / K
+            rows = (W1 * W1).sum(-1)[..., None] / W1.shape[-1]             # [B, H, E, 1]
+            slope = _gelu_backward(torch.ones_like(z), z)                   # gelu'(z)
+            c = (h * h).sum(-1, keepdim=True) + (k * k).sum(-1, keepdim=True) * (slope ** 2 @ rows)
+            c = c * self.curvature                                          # [B, H, c, 1]
+            dy, dz = dy / c, dz / c
+        return h, dy, dz
+
+    def _grads(self, W1, W2, k, v):
+        """The per-token gradients themselves: dW1 [B, H, c, E, K], dW2 [B, H, c, K, E]."""
+        h, dy, dz = self._factors(W1, W2, k, v)
         return h[..., :, None] * dy[..., None, :], k[..., :, None] * dz[..., None, :]
 
     def step(self, state, k, v, lr=None, momentum=None, decay=None):
         """m_t = momentum_t m_{t-1} + lr_t grad,  theta_t = decay_t theta_{t-1} - m_t."""
         W1, W2, m1, m2 = state
         g1, g2 = self._grads(W1, W2, k[:, :, None], v[:, :, None])
-
-        def per_token(x, default):                                          # [B, H] -> [B, H, 1, 1]
-            return default if x is None else x[..., None, None]
-
-        lr, momentum, decay = per_token(lr, 1.0), per_token(momentum, 0.0), per_token(decay, 1.0)
+        lr, momentum, decay = (default if x is None else x[..., None, None]     # [B, H, 1, 1]
+                               for x, default in ((lr, 1.0), (momentum, 0.0), (decay, 1.0)))
         m1, m2 = momentum * m1 + lr * g1[:, :, 0], momentum * m2 + lr * g2[:, :, 0]
         return (decay * W1 - m1, decay * W2 - m2, m1, m2)
 
-    def token_states(self, q, k, v, state, lr=None, momentum=None, decay=None):
-        """Chunked form. In a chunk, with G_j the gradients at the chunk-start weights W0 (and
-        momentum m0), P_t and D_t the products of momentum and decay since the chunk started:
-            m_t = P_t m0 + sum_j (P_t / P_j) lr_j G_j
-            W_t = D_t W0 - sum_{r <= t} (D_t / D_r) m_r
-                = D_t W0 - s_t m0 - sum_j Cw[t, j] G_j,   s_t = sum_r (D_t / D_r) P_r,
-                                                          Cw  = (D_t / D_r) @ ((P_r / P_j) lr_j)
-        Every token's weights at once, as weighted sums of the chunk's gradients."""
+    def _chunks(self, k, lr, momentum, decay):
+        """The chunks and the coefficients of the chunked closed form. In a chunk, with G_j the
+        gradients at the chunk-start weights W0 (and momentum m0), P_t and D_t the products of
+        momentum and decay since the chunk started:
+            m_t = P_t m0 + sum_j Mc[t, j] G_j,             Mc[t, j] = (P_t / P_j) lr_j
+            W_t = D_t W0 - s_t m0 - sum_j Cc[t, j] G_j,    Cc = Ld Mc, Ld[t, r] = D_t / D_r,
+                                                           s_t = sum_r (D_t / D_r) P_r
+        Yields (token span, (D, P, s [B, H, n], Mc, Cc [B, H, n, n])) for each chunk of n tokens;
+        the coefficients of all chunks are computed at once (the last chunk zero-padded)."""
+        T, b = k.shape[1], self.chunk_size
         lr = torch.ones_like(k[..., 0]) if lr is None else lr
         log_mom = _log(torch.zeros_like(lr) if momentum is None else momentum, k)   # [B, H, T]
-        log_dec = _log(decay, k)                                                      # [B, H, T]
-        lr = lr.transpose(1, 2)                                                       # [B, H, T]
+        ld, lm, lr = (F.pad(x, (0, (-T) % b)).unflatten(-1, (-1, b))              # [B, H, N, b]
+                      for x in (_log(decay, k), log_mom, lr.transpose(1, 2)))
+        Ld, P, D = decay_matrix(ld), lm.cumsum(-1).exp(), ld.cumsum(-1).exp()
+        Mc = decay_matrix(lm) * lr[..., None, :]                                  # [B, H, N, b, b]
+        vectors, matrices = (D, P, (Ld @ P[..., None])[..., 0]), (Mc, Ld @ Mc)
+        for i, a in enumerate(range(0, T, b)):
+            n = min(b, T - a)
+            yield slice(a, a + n), (*(x[:, :, i, :n] for x in vectors),
+                                    *(x[:, :, i, :n, :n] for x in matrices))
+
+    def token_states(self, q, k, v, state, lr=None, momentum=None, decay=None):
+        """Every token's own weights theta_t (Memory Soup mixes them): leaves [B, H, T, ...]."""
         W1, W2, m1, m2 = state
         stacks = []
-        spans = [x.transpose(1, 2).split(self.chunk_size, 2) for x in (k, v)]   # [B, H, c, K]
-        spans += [x.split(self.chunk_size, -1) for x in (log_dec, log_mom, lr)]   # [B, H, c]
-        for kc, vc, ld, lm, lrc in zip(*spans):
-            g1, g2 = self._grads(W1, W2, kc, vc)            # [B, H, c, E, K], [B, H, c, K, E]
-            P, D = lm.cumsum(-1).exp(), ld.cumsum(-1).exp()                 # [B, H, c]
-            Lm = decay_matrix(lm) * lrc[..., None, :]                       # [B, H, c, c]
-            Ld = decay_matrix(ld)                                           # [B, H, c, c]
-            coef = (Ld @ P[..., None])[..., 0]                              # [B, H, c]  s_t
-            Cw = Ld @ Lm                                                    # [B, H, c, c]
-            chunk = []
-            for W, m, g in ((W1, m1, g1), (W2, m2, g2)):
-                w0, m0 = W[:, :, None], m[:, :, None]                       # [B, H, 1, ...]
-                m_t = _scale(P, m0) + torch.einsum("bhtj,bhj...->bht...", Lm, g)
-                W_t = _scale(D, w0) - _scale(coef, m0) - torch.einsum("bhtj,bhj...->bht...", Cw, g)
-                chunk.append((W_t, m_t))                                    # [B, H, c, ...]
-            (W1s, m1s), (W2s, m2s) = chunk
-            stacks.append((W1s, W2s, m1s, m2s))
+        for span, (D, P, s, Mc, Cc) in self._chunks(k, lr, momentum, decay):
+            kc, vc = (x[:, span].transpose(1, 2) for x in (k, v))           # [B, H, n, K]
+            g1, g2 = self._grads(W1, W2, kc, vc)            # [B, H, n, E, K], [B, H, n, K, E]
+            D, P, s = (x[..., None, None] for x in (D, P, s))               # [B, H, n, 1, 1]
+            m1s = P * m1[:, :, None] + _rows(Mc, g1)                        # [B, H, n, E, K]
+            m2s = P * m2[:, :, None] + _rows(Mc, g2)                        # [B, H, n, K, E]
+            W1s = D * W1[:, :, None] - s * m1[:, :, None] - _rows(Cc, g1)
+            W2s = D * W2[:, :, None] - s * m2[:, :, None] - _rows(Cc, g2)
             W1, W2, m1, m2 = W1s[:, :, -1], W2s[:, :, -1], m1s[:, :, -1], m2s[:, :, -1]
+            stacks.append((W1s, W2s, m1s, m2s))
         return tuple(torch.cat(x, 2) for x in zip(*stacks)), (W1, W2, m1, m2)
 
-    def forward(self, q, k, v, state, **opts):
-        """Each token reads through its own weights theta_t (Eq. 31 / 36)."""
-        stack, state = self.token_states(q, k, v, state, **opts)
-        return self.read_each(stack, q), state
+    def forward(self, q, k, v, state, lr=None, momentum=None, decay=None):
+        """Each token reads through its own weights theta_t (Eq. 31 / 36) without forming them
+        (the "dual form" of TTT and Titans): theta_t is W0 minus a weighted sum of the chunk's
+        rank-one gradients, so its readout needs only dot products with the chunk's tokens:
+            q W2_t = D_t q W2_0 - s_t q m2_0 - sum_j Cc[t, j] (q . k_j) dz_j,   a = gelu(q W2_t)
+            a W1_t = D_t a W1_0 - s_t a m1_0 - sum_j Cc[t, j] (a . h_j) dy_j
+        No [B, H, n, E, K] stacks of per-token weights; without momentum the m0 terms vanish."""
+        W1, W2, m1, m2 = state
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))                 # [B, H, T, K]
+        outs = []
+        for span, (D, P, s, Mc, Cc) in self._chunks(k, lr, momentum, decay):
+            qc, kc, vc = qt[:, :, span], kt[:, :, span], vt[:, :, span]     # [B, H, n, K]
+            h, dy, dz = self._factors(W1, W2, kc, vc)                       # [B, H, n, E/K/E]
+            Dn, sn = D[..., None], s[..., None]                             # [B, H, n, 1]
+            zq = (Dn * qc) @ W2 - (Cc * (qc @ kc.transpose(-1, -2))) @ dz   # [B, H, n, E]
+            if momentum is not None:
+                zq = zq - (sn * qc) @ m2
+            a = F.gelu(zq)
+            y = qc + Dn * (a @ W1) - (Cc * (a @ h.transpose(-1, -2))) @ dy  # [B, H, n, K]
+            outs.append(y if momentum is None else y - sn * (a @ m1))
+            c_last, m_last = Cc[..., -1, :, None], Mc[..., -1, :, None]     # [B, H, n, 1]
+            g1, n1 = (h.transpose(-1, -2) @ torch.cat([c_last * dy, m_last * dy], -1)).chunk(2, -1)
+            g2, n2 = (kc.transpose(-1, -2) @ torch.cat([c_last * dz, m_last * dz], -1)).chunk(2, -1)
+            D, P, s = (x[..., -1, None, None] for x in (D, P, s))           # [B, H, 1, 1]
+            W1, W2 = D * W1 - s * m1 - g1, D * W2 - s * m2 - g2             # the next chunk's W0
+            m1, m2 = P * m1 + n1, P * m2 + n2
+        return torch.cat(outs, 2).transpose(1, 2), (W1, W2, m1, m2)        # [B, T, H, K]
 
     def read(self, stack, q):
         W1, W2 = stack[:2]                                  # [B, H, N, E, K], [B, H, N, K, E]
@@ -340,15 +379,21 @@ class DeepMemory(Memory):
         return q + torch.einsum("bthe,bhtek->bthk", h, W1)
 
 
-def _scale(s, x):
-    """A per-token scalar s [B, H, c] times x [B, H, 1 or c, a, b]."""
-    return s[..., None, None] * x
+def _rows(A, g):
+    """sum_j A[..., t, j] g[..., j, :, :]: A [B, H, n, n], g [B, H, n, X, Y] -> [B, H, n, X, Y]."""
+    return (A @ g.flatten(3)).view_as(g)
+
+
+def _gelu_backward(grad, z):
+    """grad * gelu'(z) in one fused op (autograd's own, differentiable twice)."""
+    return torch.ops.aten.gelu_backward(grad, z)
 
 
 class DLAMemory(DeepMemory):
-    """Deep Linear Attention (Eq. 30-31): loss -<M(k), v>, plain gradient descent with lr_t."""
+    """Deep Linear Attention (Eq. 30-31): loss -<M(k), v>, plain gradient descent with lr_t.
+    (DLA and Titans come from the authors' earlier work; this paper caches them.)"""
     token_args = {"lr": "[0, inf)"}
-    layer_scalars = {"lr": (0.0, 0.1)}
+    layer_scalars = {"lr": (0.0, 1.0)}             # lr starts at 0.5: its writes only add
 
     def _dloss(self, y, v):
         return -v
@@ -359,7 +404,8 @@ class TitansMemory(DeepMemory):
         m_t = momentum_t m_{t-1} + lr_t grad,   theta_t = decay_t theta_{t-1} - m_t.
     Decision: gradient *descent*; the paper's Eq. 34-35, read literally, ascend."""
     token_args = {"lr": "[0, inf)", "momentum": "[0, 1)", "decay": "(0, 1]"}
-    layer_scalars = {"lr": (0.0, 0.1), "momentum": (0.0, 0.5), "decay": (5.0, 1.0)}
+    layer_scalars = {"lr": (-3.0, 1.0), "momentum": (0.0, 0.5), "decay": (5.0, 1.0)}
+    curvature = 2
 
     def _dloss(self, y, v):
         return 2 * (y - v)

@@ -18,10 +18,13 @@ def close(a, b, tol=1e-10):
 
 
 @pytest.mark.parametrize("T", [1, 63, 100])
-@pytest.mark.parametrize("memory", MEMORIES + ["linear-decay"])
+@pytest.mark.parametrize("memory", MEMORIES + ["linear-decay", "dla-normalize",
+                                               "titans-normalize"])
 def test_fast_form_equals_token_loop(memory, T):
     name = memory.split("-")[0]
     q, k, v, u, opts = inputs(name, T=T, decay="decay" in memory)
+    if "normalize" in memory:
+        opts["normalize"] = True
     chunk = 1 if name in DEEP else 16                                      # deep: b = 1 is exact
     o_ref, s_ref = minimc.recurrent_memory(q, k, v, name, reference=True, **opts)
     o, s = minimc.recurrent_memory(q, k, v, name, chunk_size=chunk, **opts)
@@ -98,7 +101,8 @@ def test_delta_rule_matches_fla_naive():
 
 
 def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
-    """Deep memory with mini-batch gradient steps, gradients from autograd (not the closed form)."""
+    """Deep memory with mini-batch gradient steps, gradients from autograd (not the closed form).
+    With ``mem.normalize`` each gradient is divided by (2 for l2) ||dM(k_t)/dtheta||_F^2 / K."""
     W1, W2, m1, m2 = mem.init_state(q, k, v)
     outs = []
     loss_fn = (lambda y, v: -(y * v).sum()) if isinstance(mem, DLAMemory) else (lambda y, v: ((y - v) ** 2).sum())
@@ -108,7 +112,16 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
             w1, w2 = W1.detach().requires_grad_(), W2.detach().requires_grad_()
             kt = k[:, t, :, None, :]                                        # [B, H, 1, K]
             y = kt + F.gelu(kt @ w2) @ w1
-            grads.append(torch.autograd.grad(loss_fn(y, v[:, t, :, None, :]), (w1, w2)))
+            g = torch.autograd.grad(loss_fn(y, v[:, t, :, None, :]), (w1, w2), retain_graph=True)
+            if mem.normalize:                                               # Jacobian row by row
+                K = y.shape[-1]
+                sq = sum(sum(x.pow(2).sum((-1, -2))
+                             for x in torch.autograd.grad(y[..., 0, i].sum(), (w1, w2),
+                                                          retain_graph=True))
+                         for i in range(K))                                 # ||J||_F^2: [B, H]
+                c = (1 if isinstance(mem, DLAMemory) else 2) * sq / K
+                g = tuple(x / c[..., None, None] for x in g)
+            grads.append(g)
         for j, t in enumerate(range(a, min(a + b, q.shape[1]))):
             e = lambda x: x[:, t, :, None, None]                            # noqa: E731
             m1, m2 = e(momentum) * m1 + e(lr) * grads[j][0], e(momentum) * m2 + e(lr) * grads[j][1]
@@ -119,11 +132,13 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
     return torch.stack(outs, 1)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("objective", ["dot", "l2"])
 @pytest.mark.parametrize("b", [1, 4, 16])
-def test_deep_chunked_form_is_minibatch_gradient_descent(objective, b):
+def test_deep_chunked_form_is_minibatch_gradient_descent(objective, b, normalize):
     q, k, v, u, opts = inputs("titans", T=37)
-    mem = {"dot": DLAMemory, "l2": TitansMemory}[objective](opts["weights"], chunk_size=b)
+    mem = {"dot": DLAMemory, "l2": TitansMemory}[objective](opts["weights"], chunk_size=b,
+                                                            normalize=normalize)
     o, _ = mem.forward(q, k, v, mem.init_state(q, k, v), lr=opts["lr"], momentum=opts["momentum"], decay=opts["decay"])
     ref = _minibatch_reference(mem, q, k, v, opts["lr"], opts["momentum"], opts["decay"], b)
     close(o, ref)
@@ -136,9 +151,25 @@ def test_deep_readout_depends_on_query():
     assert not torch.allclose(o1, o2 / 2)                                   # M(q) is not linear in q
 
 
-@pytest.mark.parametrize("memory", MEMORIES)
+@pytest.mark.parametrize("memory", MEMORIES + ["dla-normalize", "titans-normalize"])
 def test_gradcheck_memories(memory):
-    q, k, v, u, opts = inputs(memory, B=1, T=6, H=1, K=3, requires_grad=True)
-    opts = {**opts, "chunk_size": 4}
-    f = lambda q, k, v: minimc.recurrent_memory(q, k, v, memory, **opts)[0]  # noqa: E731
+    name = memory.split("-")[0]
+    q, k, v, u, opts = inputs(name, B=1, T=6, H=1, K=3, requires_grad=True)
+    opts = {**opts, "chunk_size": 4, **({"normalize": True} if "normalize" in memory else {})}
+
+    def f(q, k, v):
+        return minimc.recurrent_memory(q, k, v, name, **opts)[0]
     assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_soup_token_states_equal_the_dual_form():
+    """forward (dual form, no per-token weights) reads what token_states' weights read."""
+    for name in ("dla", "titans"):
+        q, k, v, u, opts = inputs(name, T=37)
+        mem, per_token = minimc.make_memory(name, {**opts, "chunk_size": 8, "normalize": True})
+        state = mem.init_state(q, k, v)
+        stack, final = mem.token_states(q, k, v, state, **per_token)
+        o, final2 = mem.forward(q, k, v, state, **per_token)
+        close(mem.read_each(stack, q), o)
+        for a, b in zip(final, final2):
+            close(a, b)

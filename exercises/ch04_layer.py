@@ -25,7 +25,8 @@ def memory_layer_forward(x, w_qkv, w_conv, w_out, norm_weight, n_heads, memory="
              c_t = sum_{j=0}^{W-1} w_conv[j] * h_{t-j}        (h_{t-j} = 0 before the start)
       3. heads:         c.reshape(B, T, 3, H, K) -> q, k, v                each [B, T, H, K]
       4. feature map:   linear: q, k = elu(q) + 1, elu(k) + 1   (positive features, Eq. 2's phi)
-                        delta:  q, k = q / ||q||, k / ||k||     (F.normalize(., dim=-1))
+                        delta:  q, k = elu+1 as above, then q / ||q||, k / ||k||
+                                (F.normalize(., dim=-1): non-negative unit features)
       5. memory:        o = minimc.recurrent_memory(q, k, v, memory, **opts)[0]  [B, T, H, K]
                         (scale K ** -0.5; your chapter 1-2 functions would do as well);
                         delta: opts = {"beta": sigmoid(x @ w_beta.T + b_beta)}  [B, T, H]

@@ -30,9 +30,9 @@ def layer_by_hand(layer, x):
     B, T, _ = x.shape
     h = conv(x @ layer.qkv.weight.T, layer.conv.weight)
     q, k, v = h.view(B, T, 3, layer.H, layer.K).unbind(2)                   # [B, T, H, K]
-    if layer.cls.feature_map == "elu+1":
+    if layer.cls.feature_map.startswith("elu+1"):
         q, k = F.elu(q) + 1, F.elu(k) + 1
-    else:
+    if layer.cls.feature_map.endswith("l2"):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     opts = {}
     if layer.scalar_proj is not None:

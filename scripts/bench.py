@@ -128,6 +128,28 @@ def main(quick=False):
           f"({mem['grm'] / mem['plain']:.2f}x), SSC {mem['ssc'] / 2**20:.1f} MiB ({mem['ssc'] / mem['plain']:.2f}x)")
     rows.append((f"GRM forward peak memory / plain, T={T}", mem["grm"] / mem["plain"], "<= 2x"))
 
+    # [5] issue 12: a deep-memory training step vs a linear one at the course's sizes (TinyLM
+    # presets: d 32, 2 heads of 16, MQAR with 8 pairs at T = 64, batch 32), interleaved.
+    from minimc.layers import tiny_lm
+    from minimc.train import batch
+    x, y = batch(0, 8 if quick else 32, 64, [8], 256, seed=0)
+    models = {}
+    for name in ("linear", "delta", "dla", "titans", "titans-grm", "titans-soup"):
+        torch.manual_seed(0)
+        models[name] = tiny_lm(name)
+
+    def step(model):
+        def run():
+            model(x, y)[0].backward()
+            model.zero_grad(set_to_none=True)
+        return run
+    t = timeit({name: step(m) for name, m in models.items()}, repeat=5 if quick else 15)
+    print(f"[5] training step (fwd + bwd), B={x.shape[0]}, T=64: " + ", ".join(
+        f"{n} {t[n] * 1e3:.1f} ms ({t[n] / t['linear']:.2f}x)" for n in models))
+    for name in ("dla", "titans"):
+        rows.append((f"{name} training step / linear training step, T=64", t[name] / t["linear"],
+                     "<= 4x"))
+
     print("\n| measurement | ratio | target |\n|---|---|---|")
     for name, ratio, target in rows:
         print(f"| {name} | {ratio:.2f} | {target} |")

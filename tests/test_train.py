@@ -1,17 +1,13 @@
-"""Trainer: schedule, optimiser groups, a smoke test that beats chance, results as plain JSON data,
-and the schema of the sweep's JSON files (scripts/experiments.py)."""
-import importlib.util
+"""Trainer: schedule, optimiser groups, a smoke test that beats chance, results as plain JSON data.
+(The schema of the experiments' JSON files: tests/test_experiments_tasks.py.)"""
 import json
 import math
-import os
 
 import pytest
 import torch
 
 from minimc.layers import tiny_lm
 from minimc.train import evaluate, lr_at, make_optimizer, train
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_schedule_warmup_then_cosine_to_a_tenth():
@@ -92,51 +88,3 @@ def test_evaluate_restores_training_mode():
     model = tiny_lm("linear", vocab_size=32).train()
     r = evaluate(model, seq_len=32, num_kv_pairs=4, n=10, vocab_size=32)
     assert model.training and set(r) == {"seq_len", "num_kv_pairs", "accuracy", "loss"}
-
-
-def _experiments():
-    spec = importlib.util.spec_from_file_location("experiments", os.path.join(ROOT, "scripts", "experiments.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SCHEMA = {  # file -> keys every results folder must have (what the book and README read)
-    "recall.json": {"runs", "table", "claim", "size", "seconds"},
-    "state_size.json": {"runs", "points", "claim", "size", "seconds"},
-    "deep.json": {"runs", "table", "options", "claim", "size", "seconds"},
-    "segment_len.json": {"runs", "rows", "claim", "size", "seconds"},
-    "extrapolation.json": {"rows", "train_seq_len", "num_kv_pairs", "mode", "claim", "size", "seconds"},
-    "cost.json": {"rows", "exponents", "exponent_lengths", "by_segment_len", "segment_len_exponent", "batch", "note",
-                  "claim", "size", "seconds"},
-    "summary.json": {"command", "size", "claims", "wall_seconds", "machine", "torch", "git", "sizes"},
-}
-
-
-def check_schema(folder):
-    meta = json.load(open(os.path.join(folder, "summary.json")))
-    assert SCHEMA["summary.json"] <= set(meta)
-    for claim in meta["sizes"]["claims"]:
-        data = json.load(open(os.path.join(folder, claim + ".json")))
-        assert SCHEMA[claim + ".json"] <= set(data), f"{claim}.json lacks {SCHEMA[claim + '.json'] - set(data)}"
-        assert os.path.exists(os.path.join(folder, claim + ".png")), claim
-    recall = json.load(open(os.path.join(folder, "recall.json")))
-    for model, row in recall["table"].items():
-        assert all(len(v) == 2 and 0 <= v[0] <= 1 for v in row.values()), model     # [mean, std]
-    for r in recall["runs"]:
-        assert {"config", "eval", "accuracy", "state_size", "train_seconds"} <= set(r)
-    cost = json.load(open(os.path.join(folder, "cost.json")))
-    assert all({"model", "seq_len", "seconds", "saved_mib"} <= set(r) for r in cost["rows"])
-    assert os.path.exists(os.path.join(folder, "summary.md"))
-
-
-@pytest.mark.timeout(240)
-def test_sweep_writes_results_with_the_schema(tmp_path):
-    """The sweep end to end at a smoke size (a few training steps, short lengths)."""
-    _experiments().main(["--size", "smoke", "--out", str(tmp_path)])
-    check_schema(str(tmp_path))
-
-
-def test_committed_results_have_the_schema():
-    """results/full is committed (the quick size runs live in chapter 12, under nbval)."""
-    check_schema(os.path.join(ROOT, "results", "full"))

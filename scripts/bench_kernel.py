@@ -20,7 +20,6 @@ On a CPU the kernel runs in Triton's interpreter: tiny sizes, correctness and ti
 """
 import argparse
 import json
-import os
 import time
 
 import torch

@@ -67,6 +67,9 @@ def titans_step(state, k, v, lr, momentum, decay):
     dgelu = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * phi              # gelu'(z), [B, H, E]
     dz = torch.einsum("bhk,bhek->bhe", delta, W1) * dgelu
     g1, g2 = h[..., :, None] * delta[..., None, :], k[..., :, None] * dz[..., None, :]
-    s = lambda x: x[..., None, None]  # noqa: E731  [B, H] -> [B, H, 1, 1]
+
+    def s(x):                                                       # [B, H] -> [B, H, 1, 1]
+        return x[..., None, None]
+
     m1, m2 = s(momentum) * m1 + s(lr) * g1, s(momentum) * m2 + s(lr) * g2
     return s(decay) * W1 - m1, s(decay) * W2 - m2, m1, m2

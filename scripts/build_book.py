@@ -98,12 +98,12 @@ def _sliced(get_msg):
     """get_msg(timeout) of an asyncio kernel channel, waiting in slices of POLL_SLICE seconds.
 
     Why: nbclient waits for a cell's reply with one zmq.asyncio poll of the whole cell limit.
-    Here that poll sometimes misses the wake-up of a reply that has arrived (zmq's descriptor is
-    edge-triggered), and only sees the reply when the poll times out and checks the socket once
-    more: the cell then "takes" exactly the cell limit and passes. Measured with 40 runs of
-    chapter 1 up to its first widget, limit 20 s: 10 such stalls of exactly 20.0 s with one
-    poll, none with polls of 1 s (tests/test_notebook_guards.py explains how to rerun it). Each
-    slice ends with that same final check, so a missed wake-up now costs at most one slice."""
+    Here that poll sometimes misses the wake-up of a reply that has arrived, and sees the reply
+    only when it times out and checks the socket once more: the cell then "takes" exactly the
+    cell limit and passes. scripts/stall_check.py measures it (chapter 1 up to its first
+    widget, fresh kernels, limit 20 s): with one poll 10 of 40 runs stalled under ipykernel
+    6.31 and 1 of 23 under 7.4; with 1 s polls none of 40 and none of 22. Each slice ends with
+    that same final check, so a missed wake-up now costs at most one slice."""
     async def get(timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

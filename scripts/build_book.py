@@ -102,7 +102,7 @@ def _sliced(get_msg):
     only when it times out and checks the socket once more: the cell then "takes" exactly the
     cell limit and passes. scripts/stall_check.py measures it (chapter 1 up to its first
     widget, fresh kernels, limit 20 s): with one poll 10 of 40 runs stalled under ipykernel
-    6.31 and 1 of 23 under 7.4; with 1 s polls none of 40 and none of 22. Each slice ends with
+    6.31 and 3 of 43 under 7.4; with 1 s polls none of 82. Each slice ends with
     that same final check, so a missed wake-up now costs at most one slice."""
     async def get(timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,10 +1,11 @@
 """Chapter 3 exercises: a deep memory that learns at test time.
 
 The memory is a small MLP with a residual connection, M(x) = x + gelu(x @ W2) @ W1 (row vectors,
-minimc's convention), with per (batch, head) weights W1 [B, H, E, K] and W2 [B, H, K, E]
-(E = 4K in minimc's layers, but any E works here). Its state is the tuple (W1, W2, m1, m2): the
-weights and their momentum. GELU is PyTorch's default (exact) one, gelu(z) = z Phi(z), whose
-derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and density).
+minimc's convention), with per (batch, head) weights W1 [B, H, E, K] and W2 [B, H, K, E] (E = 4K in
+the paper and in MemoryLayer's default, 2K in the deep presets; any E works here). Its state is the
+tuple (W1, W2, m1, m2): the weights and their momentum. GELU is PyTorch's default (exact) one,
+gelu(z) = z Phi(z), whose derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and
+density).
 
 1. ``dla_gradient``: the closed-form gradient of DLA's inner loss (Eq. 30) for one token.
 2. ``titans_step``: one token of Titans (Eq. 34-36), gradient descent with momentum and decay.

@@ -147,7 +147,7 @@ def sparse_readout_triton(q_tokens, states, gates, selected):
 
     q_tokens [T, K], states [N, K, V], gates [T, k], selected [T, k] (int, -1 = empty slot)
     -> o [T, V] float32."""
-    (T, K), (N, _, V), TOPK = q_tokens.shape, states.shape, selected.shape[1]
+    (T, K), (_, _, V), TOPK = q_tokens.shape, states.shape, selected.shape[1]
     _check_sizes(0, K, V, 16)                                              # any T: no tl.dot
     device = _device(sparse_readout_kernel)
     q = q_tokens.to(device, torch.float32).contiguous()                    # [T, K]

@@ -139,6 +139,9 @@ class MemoryLayer(Mixer):
         max_segments = caching.pop("max_segments", None) if caching else None
         super().__init__(d_model, n_heads, head_dim, conv, extra=int(connector))
         self.cls = cls = MEMORIES[memory]
+        # The recipe, as the class says when the layer is built (a layer keeps its own).
+        self.feature_map, self.value_map = cls.feature_map, cls.value_map
+        self.layer_settings = dict(cls.layer_settings)
         if decay and not cls.optional_args:
             raise ValueError(f"decay=True: memory={memory!r} has no optional decay (only "
                              f"{[n for n, c in MEMORIES.items() if c.optional_args]} do)")
@@ -172,12 +175,12 @@ class MemoryLayer(Mixer):
         heads, past = self.project(x, past)
         q, k, v = heads[:3]
         u = heads[3] if len(heads) > 3 else None
-        if self.cls.feature_map.startswith("elu+1"):        # non-negative features
+        if self.feature_map.startswith("elu+1"):        # non-negative features
             q, k = F.elu(q) + 1, F.elu(k) + 1
-        if self.cls.feature_map.endswith("l2"):             # unit norm
+        if self.feature_map.endswith("l2"):             # unit norm
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        if self.cls.value_map is not None:                  # bounded targets: unit or sqrt(K)
-            v = F.normalize(v, dim=-1) * (self.K ** 0.5 if self.cls.value_map == "rms" else 1.0)
+        if self.value_map is not None:                  # bounded targets: unit or sqrt(K)
+            v = F.normalize(v, dim=-1) * (self.K ** 0.5 if self.value_map == "rms" else 1.0)
         opts = self.memory_settings()
         if self.scalar_proj is not None:
             s = torch.sigmoid(self.scalar_proj(x)).unflatten(-1, (len(self.scalars), self.H))
@@ -215,7 +218,7 @@ class MemoryLayer(Mixer):
     def memory_settings(self):
         """Settings handed to the memory: the class's layer settings, chunk_size if set, and a
         deep memory's initial weights."""
-        s = {**self.cls.layer_settings, **self.settings}
+        s = {**self.layer_settings, **self.settings}
         if self.cls.deep:
             s["weights"] = (self.w1, self.w2)
         return s

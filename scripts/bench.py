@@ -68,7 +68,7 @@ def timeit(fns, repeat=5):
 def qkv(T, B=1, H=4, K=64, V=64, grad=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(B, T, H, d, generator=g) * 0.5 for d in (K, K, V, K)]   # q, k, v, u
-    xs[1] = F.elu(xs[1]) + 1                                                   # positive keys, as in the layers
+    xs[1] = F.elu(xs[1]) + 1                                  # positive keys, as in the layers
     return [x.requires_grad_(grad) for x in xs]
 
 
@@ -86,26 +86,40 @@ def main(quick=False):
     rows = []
 
     T = 512 if quick else 2048
-    for H, D in ((4, 64), (2, 16)):                                         # bench heads; the course's model heads
+    for H, D in ((4, 64), (2, 16)):                   # bench heads; the course's model heads
         q, k, v, u = qkv(T, H=H, K=D, V=D)
-        t = timeit({"loop": lambda: minimc.recurrent_memory(q, k, v, reference=True, check_nan=False),
-                    "chunked": lambda: minimc.recurrent_memory(q, k, v, check_nan=False)}, repeat=3)
-        rows.append((f"chunked vs token-loop linear attention, T={T}, H={H}, K=V={D}", t["loop"] / t["chunked"], ">= 20x faster"))
-        print(f"[1] T={T}, H={H}, K=V={D}: token loop {t['loop'] * 1e3:.1f} ms, chunked {t['chunked'] * 1e3:.1f} ms -> "
-              f"{t['loop'] / t['chunked']:.1f}x")
+        t = timeit({"loop": lambda: minimc.recurrent_memory(q, k, v, reference=True,
+                                                            check_nan=False),
+                    "chunked": lambda: minimc.recurrent_memory(q, k, v, check_nan=False)},
+                   repeat=3)
+        rows.append((f"chunked vs token-loop linear attention, T={T}, H={H}, K=V={D}",
+                     t["loop"] / t["chunked"], ">= 20x faster"))
+        print(f"[1] T={T}, H={H}, K=V={D}: token loop {t['loop'] * 1e3:.1f} ms, "
+              f"chunked {t['chunked'] * 1e3:.1f} ms -> {t['loop'] / t['chunked']:.1f}x")
 
     Ts = [256, 512, 1024, 2048] if quick else [1024, 4096, 8192, 16384]
     C = 64 if quick else 256
     res = []
+
+    def grm(q, k, v, u):
+        return minimc.memory_caching(q, k, v, u, segment_len=C, check_nan=False)
+
+    def att(q, k, v):
+        return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
+                                              is_causal=True)
+
     for T in Ts:
         q, k, v, u = qkv(T, grad=True)
-        grm = lambda q, k, v, u: minimc.memory_caching(q, k, v, u, segment_len=C, check_nan=False)  # noqa: E731
-        att = lambda q, k, v: F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), is_causal=True)  # noqa: E731
         t = timeit({"grm": fwd_bwd(grm, q, k, v, u), "attention": fwd_bwd(att, q, k, v)}, repeat=3)
         res.append((T, t["grm"], t["attention"]))
-        print(f"[2] T={T:6d}: GRM (C={C}) fwd+bwd {t['grm'] * 1e3:8.1f} ms, attention {t['attention'] * 1e3:8.1f} ms "
+        print(f"[2] T={T:6d}: GRM (C={C}) fwd+bwd {t['grm'] * 1e3:8.1f} ms, "
+              f"attention {t['attention'] * 1e3:8.1f} ms "
               f"-> GRM {t['attention'] / t['grm']:.2f}x faster")
-    slope = lambda xs, ys: statistics.linear_regression([math.log(x) for x in xs], [math.log(y) for y in ys]).slope  # noqa: E731
+
+    def slope(xs, ys):
+        return statistics.linear_regression([math.log(x) for x in xs],
+                                            [math.log(y) for y in ys]).slope
+
     e_grm, e_att = slope(Ts, [r[1] for r in res]), slope(Ts, [r[2] for r in res])
     print(f"    growth exponents (time ~ T^e): GRM {e_grm:.2f}, attention {e_att:.2f}")
     for T, tg, ta in res[2:]:
@@ -115,17 +129,24 @@ def main(quick=False):
     q, k, v, u = qkv(T)
     with torch.no_grad():
         t = timeit({"plain": lambda: minimc.recurrent_memory(q, k, v, check_nan=False),
-                    "ssc": lambda: minimc.memory_caching(q, k, v, u, variant="ssc", top_k=2, segment_len=C, check_nan=False),
-                    "grm": lambda: minimc.memory_caching(q, k, v, u, variant="grm", segment_len=C, check_nan=False)})
-    print(f"[3] T={T}: forward plain {t['plain'] * 1e3:.1f} ms, SSC top-2 {t['ssc'] * 1e3:.1f} ms "
-          f"({t['ssc'] / t['plain']:.2f}x), GRM {t['grm'] * 1e3:.1f} ms ({t['grm'] / t['plain']:.2f}x)")
-    rows.append((f"SSC top-2 forward / plain memory forward, T={T}", t["ssc"] / t["plain"], "<= 1.5x"))
+                    "ssc": lambda: minimc.memory_caching(q, k, v, u, variant="ssc", top_k=2,
+                                                         segment_len=C, check_nan=False),
+                    "grm": lambda: minimc.memory_caching(q, k, v, u, variant="grm",
+                                                         segment_len=C, check_nan=False)})
+    print(f"[3] T={T}: forward plain {t['plain'] * 1e3:.1f} ms, "
+          f"SSC top-2 {t['ssc'] * 1e3:.1f} ms ({t['ssc'] / t['plain']:.2f}x), "
+          f"GRM {t['grm'] * 1e3:.1f} ms ({t['grm'] / t['plain']:.2f}x)")
+    rows.append((f"SSC top-2 forward / plain memory forward, T={T}", t["ssc"] / t["plain"],
+                 "<= 1.5x"))
 
     mem = {"plain": peak_bytes(lambda: minimc.recurrent_memory(q, k, v, check_nan=False)),
-           "grm": peak_bytes(lambda: minimc.memory_caching(q, k, v, u, segment_len=C, check_nan=False)),
-           "ssc": peak_bytes(lambda: minimc.memory_caching(q, k, v, u, variant="ssc", segment_len=C, check_nan=False))}
-    print(f"[4] T={T}: forward peak memory plain {mem['plain'] / 2**20:.1f} MiB, GRM {mem['grm'] / 2**20:.1f} MiB "
-          f"({mem['grm'] / mem['plain']:.2f}x), SSC {mem['ssc'] / 2**20:.1f} MiB ({mem['ssc'] / mem['plain']:.2f}x)")
+           "grm": peak_bytes(lambda: minimc.memory_caching(q, k, v, u, segment_len=C,
+                                                           check_nan=False)),
+           "ssc": peak_bytes(lambda: minimc.memory_caching(q, k, v, u, variant="ssc",
+                                                           segment_len=C, check_nan=False))}
+    print(f"[4] T={T}: forward peak memory plain {mem['plain'] / 2**20:.1f} MiB, "
+          f"GRM {mem['grm'] / 2**20:.1f} MiB ({mem['grm'] / mem['plain']:.2f}x), "
+          f"SSC {mem['ssc'] / 2**20:.1f} MiB ({mem['ssc'] / mem['plain']:.2f}x)")
     rows.append((f"GRM forward peak memory / plain, T={T}", mem["grm"] / mem["plain"], "<= 2x"))
 
     # [5] issue 12: a deep-memory training step vs a linear one at the course's sizes (TinyLM
@@ -156,9 +177,11 @@ def main(quick=False):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the machine is shared)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     main(a.quick)

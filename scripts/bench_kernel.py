@@ -20,7 +20,6 @@ On a CPU the kernel runs in Triton's interpreter: tiny sizes, correctness and ti
 """
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -29,9 +28,10 @@ import minimc
 from minimc.kernel import cached_readout_triton, tiles_read   # without a GPU: the interpreter
 from minimc.readout import cached_readout, cached_readout_reference, sparse_readout
 
-PEAK_GBPS = [("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350), ("GH200", 4000),
-             ("A100-SXM4-80GB", 2039), ("A100 80GB PCIe", 1935), ("A100", 1555), ("L40S", 864),
-             ("RTX 4090", 1008), ("A10G", 600)]                           # datasheet GB/s; first match wins
+# Datasheet GB/s; first match wins.
+PEAK_GBPS = [("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350),
+             ("GH200", 4000), ("A100-SXM4-80GB", 2039), ("A100 80GB PCIe", 1935), ("A100", 1555),
+             ("L40S", 864), ("RTX 4090", 1008), ("A10G", 600)]
 
 
 def make_gates(B, T, H, N, seg_len, variant, top_k, device, dtype, gen):
@@ -45,7 +45,8 @@ def make_gates(B, T, H, N, seg_len, variant, top_k, device, dtype, gen):
 
 
 def budget_gates(B, T, H, N, seg_len, reads, device, dtype):
-    """Every token reads the `reads` most recent completed segments: each token block reads `reads` states."""
+    """Every token reads the `reads` most recent completed segments: each token block reads
+    `reads` states."""
     seg = torch.arange(T, device=device)[:, None] // seg_len                # [T, 1]
     i = torch.arange(N, device=device)
     g = ((i < seg) & (i >= seg - reads)).to(dtype) / reads                   # [T, N]
@@ -56,7 +57,7 @@ def timer(device):
     if device == "cuda":
         from triton.testing import do_bench
         return lambda fn: do_bench(fn, warmup=10, rep=50, return_mode="median")
-    def once(fn):                                                           # interpreter: one call is enough
+    def once(fn):                                           # interpreter: one call is enough
         t = time.perf_counter()
         fn()
         return (time.perf_counter() - t) * 1e3
@@ -80,7 +81,8 @@ def copy_gbps(bench):
 
 
 def needed_bytes(q, S, g, BT):
-    """Bytes the kernel must move: q and o once (per V block), every gate, each state once per reading block."""
+    """Bytes the kernel must move: q and o once (per V block), every gate, each state once per
+    reading block."""
     B, T, H, K = q.shape
     V, e = S.shape[-1], q.element_size()
     v_blocks = -(-V // min(64, max(16, 1 << (V - 1).bit_length())))
@@ -98,9 +100,11 @@ def main():
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--BT", type=int, nargs="+", default=[64], help="token block sizes to time")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 in float32 products (kernel and torch alike)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 in float32 products (kernel and torch alike)")
     p.add_argument("--peak-gbps", type=float, help="peak memory bandwidth of the device, GB/s")
-    p.add_argument("--dense-max-gb", type=float, default=20.0, help="skip the dense einsum above this size")
+    p.add_argument("--dense-max-gb", type=float, default=20.0,
+                   help="skip the dense einsum above this size")
     p.add_argument("--json", help="write the rows to this file")
     args = p.parse_args()
 
@@ -118,8 +122,10 @@ def main():
               f"device-to-device copy measured here: {copy:.0f} GB/s")
     else:
         peak = copy = None
-        print("No GPU: the kernel runs in Triton's interpreter at tiny sizes. Times below measure Python, not the\n"
-              "kernel; GPU figures (times, bandwidth, the targets) need a GPU. Tile counts and errors are real.")
+        print("No GPU: the kernel runs in Triton's interpreter at tiny sizes. "
+              "Times below measure Python, not the\n"
+              "kernel; GPU figures (times, bandwidth, the targets) need a GPU. "
+              "Tile counts and errors are real.")
     print(f"B={B} H={H} K=V={K} segment_len={C} dtype={args.dtype} tf32={args.tf32} top_k={k}\n")
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -128,7 +134,8 @@ def main():
         N = T // C
         q = torch.randn(B, T, H, K, generator=gen, device=device).to(dtype)
         S = (torch.randn(B, H, N, K, K, generator=gen, device=device) / K).to(dtype)
-        blocks = [(s * C, min((s + 1) * C, T), s) for s in range(-(-T // C))]   # segment s reads states [:s]
+        # segment s reads states [:s]
+        blocks = [(s * C, min((s + 1) * C, T), s) for s in range(-(-T // C))]
         dense_gb = B * T * H * N * K * q.element_size() * 2 / 1e9
         for variant in ("grm", "ssc"):
             g = make_gates(B, T, H, N, C, variant, k, device, dtype, gen)
@@ -149,25 +156,29 @@ def main():
                 row = dict(T=T, N=N, gates=variant, BT=BT, kernel_ms=t, torch_ms=times["torch"],
                            dense_ms=times["dense"], speedup_vs_torch=times["torch"] / t,
                            speedup_vs_dense=times["dense"] / t, max_err=err,
-                           tiles_read=tiles / (B * H * -(-T // BT) * N), states_per_block=tiles / (B * H * -(-T // BT)),
+                           tiles_read=tiles / (B * H * -(-T // BT) * N),
+                           states_per_block=tiles / (B * H * -(-T // BT)),
                            gbps=nbytes / t / 1e6)
                 if variant == "ssc":
                     gb = budget_gates(B, T, H, N, C, k + 1, device, dtype)
                     row["budget_ms"] = bench(lambda: cached_readout_triton(q, S, gb, BT=BT))
                     row["ssc_vs_budget"] = t / row["budget_ms"]
-                    floor = B * T * H * (k + 1) * K * K * q.element_size() / (peak * 1e6) if peak else float("nan")
+                    floor = (B * T * H * (k + 1) * K * K * q.element_size() / (peak * 1e6)
+                             if peak else float("nan"))
                     row["ssc_vs_k1_per_token_floor"] = t / floor
                 rows.append(row)
                 report(row, gpu, peak, copy, k)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name() if gpu else "cpu (interpreter)", args=vars(args),
-                           rows=rows), f, indent=1)
+            json.dump(dict(device=torch.cuda.get_device_name() if gpu else "cpu (interpreter)",
+                           args=vars(args), rows=rows), f, indent=1)
 
 
 def report(r, gpu, peak, copy, k):
-    line = (f"T={r['T']:6d} N={r['N']:4d} {r['gates']:3s} BT={r['BT']:3d} | kernel {r['kernel_ms']:9.3f} ms | "
-            f"torch {r['torch_ms']:9.3f} ms ({r['speedup_vs_torch']:5.1f}x) | dense {r['dense_ms']:9.3f} ms "
+    line = (f"T={r['T']:6d} N={r['N']:4d} {r['gates']:3s} BT={r['BT']:3d} | "
+            f"kernel {r['kernel_ms']:9.3f} ms | "
+            f"torch {r['torch_ms']:9.3f} ms ({r['speedup_vs_torch']:5.1f}x) | "
+            f"dense {r['dense_ms']:9.3f} ms "
             f"({r['speedup_vs_dense']:5.1f}x) | tiles read {100 * r['tiles_read']:5.1f}% "
             f"({r['states_per_block']:.1f} states/block) | max err {r['max_err']:.1e}")
     if gpu:
@@ -178,12 +189,15 @@ def report(r, gpu, peak, copy, k):
     print(line)
     if "budget_ms" in r:
         extra = (f"    SSC vs the same kernel reading k + 1 = {k + 1} states per block: "
-                 f"{r['budget_ms']:.3f} ms -> {r['ssc_vs_budget']:.2f}x" + (" (target <= 1.5x)" if gpu else ""))
+                 f"{r['budget_ms']:.3f} ms -> {r['ssc_vs_budget']:.2f}x"
+                 + (" (target <= 1.5x)" if gpu else ""))
         if gpu and peak:
-            extra += f"; vs reading k + 1 states per token at peak bandwidth: {r['ssc_vs_k1_per_token_floor']:.2f}x"
+            extra += ("; vs reading k + 1 states per token at peak bandwidth: "
+                      f"{r['ssc_vs_k1_per_token_floor']:.2f}x")
         print(extra)
     if gpu and r["T"] == 16384 and r["gates"] == "grm":
-        print(f"    target at 16k: >= 3x faster than torch: {'met' if r['speedup_vs_torch'] >= 3 else 'NOT met'}; "
+        fast = r["speedup_vs_torch"] >= 3
+        print(f"    target at 16k: >= 3x faster than torch: {'met' if fast else 'NOT met'}; "
               f">= 50% of peak: {'met' if peak and r['gbps'] >= 0.5 * peak else 'NOT met'}")
 
 

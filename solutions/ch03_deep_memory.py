@@ -1,10 +1,11 @@
 """Chapter 3 exercises: a deep memory that learns at test time.
 
 The memory is a small MLP with a residual connection, M(x) = x + gelu(x @ W2) @ W1 (row vectors,
-minimc's convention), with per (batch, head) weights W1 [B, H, E, K] and W2 [B, H, K, E]
-(E = 4K in minimc's layers, but any E works here). Its state is the tuple (W1, W2, m1, m2): the
-weights and their momentum. GELU is PyTorch's default (exact) one, gelu(z) = z Phi(z), whose
-derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and density).
+minimc's convention), with per (batch, head) weights W1 [B, H, E, K] and W2 [B, H, K, E] (E = 4K in
+the paper and in MemoryLayer's default, 2K in the deep presets; any E works here). Its state is the
+tuple (W1, W2, m1, m2): the weights and their momentum. GELU is PyTorch's default (exact) one,
+gelu(z) = z Phi(z), whose derivative is Phi(z) + z phi(z) (Phi, phi: the standard normal CDF and
+density).
 
 1. ``dla_gradient``: the closed-form gradient of DLA's inner loss (Eq. 30) for one token.
 2. ``titans_step``: one token of Titans (Eq. 34-36), gradient descent with momentum and decay.
@@ -67,6 +68,9 @@ def titans_step(state, k, v, lr, momentum, decay):
     dgelu = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * phi              # gelu'(z), [B, H, E]
     dz = torch.einsum("bhk,bhek->bhe", delta, W1) * dgelu
     g1, g2 = h[..., :, None] * delta[..., None, :], k[..., :, None] * dz[..., None, :]
-    s = lambda x: x[..., None, None]  # noqa: E731  [B, H] -> [B, H, 1, 1]
+
+    def s(x):                                                       # [B, H] -> [B, H, 1, 1]
+        return x[..., None, None]
+
     m1, m2 = s(momentum) * m1 + s(lr) * g1, s(momentum) * m2 + s(lr) * g2
     return s(decay) * W1 - m1, s(decay) * W2 - m2, m1, m2

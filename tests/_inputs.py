@@ -7,12 +7,18 @@ MEMORIES = ["linear", "delta", "swla", "dla", "titans"]
 DEEP = ("dla", "titans")
 
 
-def inputs(memory="linear", B=2, T=37, H=2, K=8, V=None, seed=0, dtype=torch.float64, decay=False, requires_grad=False):
+def inputs(memory="linear", B=2, T=37, H=2, K=8, V=None, seed=0, dtype=torch.float64,
+           decay=False, requires_grad=False):
     """q, k, v, u and the memory's options (per-token scalars in sane ranges, deep weights)."""
     g = torch.Generator().manual_seed(seed)
     V = (K if memory in DEEP else K + 4) if V is None else V
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)          # noqa: E731
-    uni = lambda lo, hi: lo + (hi - lo) * torch.rand(B, T, H, generator=g, dtype=dtype)  # noqa: E731
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g, dtype=dtype)
+
+    def uni(lo, hi):
+        return lo + (hi - lo) * torch.rand(B, T, H, generator=g, dtype=dtype)
+
     q, k, u = rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, K)
     v = rnd(B, T, H, V)
     opts = {}
@@ -22,7 +28,7 @@ def inputs(memory="linear", B=2, T=37, H=2, K=8, V=None, seed=0, dtype=torch.flo
         opts["beta"] = uni(0.1, 0.9)
     if memory == "swla":
         opts.update(a=uni(0.7, 1.0), b=uni(0.2, 1.0), c=uni(0.2, 1.0))
-    if memory in DEEP:                                                      # unit keys, as the layers use
+    if memory in DEEP:                                          # unit keys, as the layers use
         k = torch.nn.functional.normalize(k, dim=-1)
         opts["weights"] = minimc.init_deep_weights(H, K, generator=g, dtype=dtype)
         opts["lr"] = uni(0.01, 0.1)

@@ -8,8 +8,9 @@ from _inputs import inputs
 
 def run(q=None, k=None, v=None, u=None, **kw):
     q0, k0, v0, u0, _ = inputs("linear", T=10, dtype=torch.float32)
-    return minimc.memory_caching(q0 if q is None else q, k0 if k is None else k, v0 if v is None else v,
-                                 u0 if u is None else u, **{"segment_len": 4, **kw})
+    return minimc.memory_caching(q0 if q is None else q, k0 if k is None else k,
+                                 v0 if v is None else v, u0 if u is None else u,
+                                 **{"segment_len": 4, **kw})
 
 
 q, k, v, u, _ = inputs("linear", T=10, dtype=torch.float32)
@@ -60,7 +61,7 @@ def test_nan_is_caught_unless_switched_off(name):
     args = {name: x} if name != "decay" else {"decay": x}
     with pytest.raises(ValueError, match=f"{name} contains NaN"):
         run(**args)
-    assert torch.isnan(run(check_nan=False, **args)).any()                # the check was the only guard
+    assert torch.isnan(run(check_nan=False, **args)).any()            # the check was the only guard
 
 
 def test_recurrent_memory_checks_too():

@@ -4,8 +4,8 @@
 
 Argument checks before any launch, kernel == reference (awkward sizes, dense / sparse / zero gates,
 fp16), block skipping, the autograd wrapper, and memory_caching(backend="triton") == "torch".
-Without a GPU this runs in Triton's interpreter (minimc.kernel sets TRITON_INTERPRET=1 when imported);
-its cost grows with programs x loop steps, so the grids here are tiny.
+Without a GPU this runs in Triton's interpreter (minimc.kernel sets TRITON_INTERPRET=1 when
+imported); its cost grows with programs x loop steps, so the grids here are tiny.
 """
 import pytest
 import torch
@@ -27,7 +27,7 @@ def make(B=1, T=37, H=1, K=16, V=16, N=3, gates="dense", dtype=torch.float32, se
     S = torch.randn(B, H, N, K, V, generator=g) / K ** 0.5
     w = torch.rand(B, T, H, N, generator=g) + 0.1
     seg = torch.arange(T) * (N + 1) // T                                    # [T]: N + 1 segments
-    w = w * (torch.arange(N) < seg[:, None])[None, :, None]                  # causal: [T, 1, N] mask
+    w = w * (torch.arange(N) < seg[:, None])[None, :, None]                 # causal: [T, 1, N] mask
     if gates == "sparse":
         top = w.topk(min(2, N), dim=-1).indices                            # [B, T, H, 2]
         w = w * torch.zeros_like(w, dtype=torch.bool).scatter(-1, top, True)
@@ -50,10 +50,11 @@ def reference(q, S, gates):
 def assert_close(got, want, tol, what="output"):
     assert torch.isfinite(got).all(), f"{what}: NaN/Inf left in it (an unwritten tile?)"
     err = (got.double() - want).abs().max().item()
-    assert err <= tol * max(1.0, want.abs().max().item()), f"{what}: max abs error {err:.3g} > {tol:g}"
+    assert err <= tol * max(1.0, want.abs().max().item()), (
+        f"{what}: max abs error {err:.3g} > {tol:g}")
 
 
-# ---- kernel == reference --------------------------------------------------------------------------
+# ---- kernel == reference -------------------------------------------------------------------------
 
 SIZES = [  # (B, T, H, K, V, N): T = 1, 63, 130; K, V = 16, 60, 64; N = 1, 5
     (1, 1, 1, 16, 16, 1), (2, 63, 2, 60, 64, 5), (1, 130, 2, 64, 60, 5), (2, 130, 1, 16, 60, 1),
@@ -75,15 +76,16 @@ def test_kernel_fp16_inputs(B, T, H, K, V, N):
     q, S, g = make(B, T, H, K, V, N, dtype=torch.float16)
     o = cached_readout_triton(q, S, g, out=nan_out(q, S))
     assert o.dtype == torch.float16
-    assert_close(o, reference(q, S, g), 2e-3)                               # ~ one fp16 rounding of the output
+    assert_close(o, reference(q, S, g), 2e-3)                    # ~ one fp16 rounding of the output
 
 
 def test_kernel_fp16_accumulates_in_fp32():
-    """0.125 + 2048 - 2048: an fp16 accumulator rounds 2048.125 to 2048 and returns 0; fp32 keeps 0.125."""
+    """0.125 + 2048 - 2048: an fp16 accumulator rounds 2048.125 to 2048 and returns 0; fp32
+    keeps 0.125."""
     q = torch.zeros(1, 16, 1, 16, dtype=torch.float16, device=DEVICE)
     q[..., 0] = 1
     S = torch.zeros(1, 1, 3, 16, 16, dtype=torch.float16, device=DEVICE)
-    S[0, 0, :, 0] = torch.tensor([0.125, 2048.0, -2048.0])[:, None]         # row 0 of states 0, 1, 2
+    S[0, 0, :, 0] = torch.tensor([0.125, 2048.0, -2048.0])[:, None]        # row 0 of states 0, 1, 2
     g = torch.ones(1, 16, 1, 3, dtype=torch.float16, device=DEVICE)
     o = cached_readout_triton(q, S, g, BT=16, out=nan_out(q, S))
     assert torch.equal(o, torch.full_like(o, 0.125))
@@ -100,7 +102,7 @@ def test_block_size_does_not_change_the_result():
     assert_close(cached_readout_triton(q, S, g, BT=16, out=nan_out(q, S)), reference(q, S, g), 1e-5)
 
 
-# ---- block skipping ---------------------------------------------------------------------------------
+# ---- block skipping ------------------------------------------------------------------------------
 
 def test_kernel_reads_exactly_the_tiles_in_tiles_read():
     """Poison one state with NaN: a token block's output is NaN iff the kernel loaded that state
@@ -108,13 +110,14 @@ def test_kernel_reads_exactly_the_tiles_in_tiles_read():
     BT, N = 16, 4
     q, S, g = make(1, 64, 1, 16, 16, N, "sparse", seed=3)
     read = tiles_read(g, BT)[0, 0]                                          # [T / BT, N]
-    assert read.any() and not read.all()                                    # the test can tell skips apart
+    assert read.any() and not read.all()                             # the test can tell skips apart
     for i in range(N):
         Sp = S.clone()
         Sp[:, :, i] = NAN
         o = cached_readout_triton(q, Sp, g, BT=BT)                           # [1, 64, 1, V]
         poisoned = o[0, :, 0].isnan().any(-1).reshape(-1, BT).any(-1)      # [T / BT]
-        assert torch.equal(poisoned, read[:, i]), f"state {i}: read {poisoned.tolist()}, expected {read[:, i].tolist()}"
+        assert torch.equal(poisoned, read[:, i]), (
+            f"state {i}: read {poisoned.tolist()}, expected {read[:, i].tolist()}")
 
 
 def test_tiles_read_definition():
@@ -143,14 +146,17 @@ def _bad_cases():
         "S wrong H": ((q, S[:, :1], g), ValueError, "H = 1, expected 2"),
         "gates wrong N": ((q, S, g[..., :2]), ValueError, "N = 2, expected 3"),
         "gates wrong T": ((q, S, g[:, :7]), ValueError, "T = 7, expected 8"),
-        "q non-contiguous": ((q.transpose(1, 2).contiguous().transpose(1, 2), S, g), ValueError, "q must be contiguous"),
-        "gates non-contiguous": ((q, S, torch.cat([g, g], -1)[..., :3]), ValueError, "gates must be contiguous"),
+        "q non-contiguous": ((q.transpose(1, 2).contiguous().transpose(1, 2), S, g), ValueError,
+                             "q must be contiguous"),
+        "gates non-contiguous": ((q, S, torch.cat([g, g], -1)[..., :3]), ValueError,
+                                 "gates must be contiguous"),
         "S on another device": ((q, S.to("meta"), g), ValueError, "S must be on q's device"),
         "bfloat16": ((q.bfloat16(), S.bfloat16(), g.bfloat16()), TypeError, "float32 or float16"),
         "float64": ((q.double(), S.double(), g.double()), TypeError, "float32 or float16"),
         "mixed dtypes": ((q, S, g.half()), TypeError, "got gates torch.float16, q torch.float32"),
         "integer q": ((q.long(), S, g), TypeError, "floating-point"),
-        "K > 256": ((torch.zeros(1, 8, 2, 300), torch.zeros(1, 2, 3, 300, 16), g), ValueError, "K must be <= 256"),
+        "K > 256": ((torch.zeros(1, 8, 2, 300), torch.zeros(1, 2, 3, 300, 16), g), ValueError,
+                    "K must be <= 256"),
     }
 
 
@@ -165,9 +171,12 @@ def test_bad_arguments_get_clear_errors_before_launch(case, monkeypatch):
         cached_readout_triton(*args)
 
 
-@pytest.mark.parametrize("kw, msg", [(dict(BT=48), "BT must be a power of two"), (dict(BT=8), "BT must be"),
-                                     (dict(out=torch.empty(1, 8, 2, 15)), "out must have shape"),
-                                     (dict(out=torch.empty(1, 8, 2, 16, dtype=torch.float16)), "got out torch.float16")])
+@pytest.mark.parametrize("kw, msg", [
+    (dict(BT=48), "BT must be a power of two"),
+    (dict(BT=8), "BT must be"),
+    (dict(out=torch.empty(1, 8, 2, 15)), "out must have shape"),
+    (dict(out=torch.empty(1, 8, 2, 16, dtype=torch.float16)), "got out torch.float16"),
+])
 def test_bad_options_get_clear_errors_before_launch(kw, msg, monkeypatch):
     monkeypatch.setattr(kernel, "cached_readout_kernel", NoLaunch())
     q, S, g = make(1, 8, 2, 16, 16, 3)
@@ -193,32 +202,39 @@ def test_compiled_triton_needs_cuda_tensors(monkeypatch):
         cached_readout_triton(q, S, g)
 
 
-# ---- autograd wrapper --------------------------------------------------------------------------------
+# ---- autograd wrapper ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("blocks", [None, "segments"])
 def test_gradients_match_reference(blocks):
     B, T, H, N = 1, 37, 2, 3
     q, S, g = make(B, T, H, 16, 20, N, "sparse")
-    seg = torch.arange(T) * (N + 1) // T                                    # the segments make() used
-    blk = None if blocks is None else [(int((seg < s).sum()), int((seg <= s).sum()), s) for s in range(N + 1)]
+    seg = torch.arange(T) * (N + 1) // T                                  # the segments make() used
+    blk = None if blocks is None else [(int((seg < s).sum()), int((seg <= s).sum()), s)
+                                       for s in range(N + 1)]
     do = torch.randn(B, T, H, 20, dtype=q.dtype, device=q.device)
     leaves = [x.clone().requires_grad_() for x in (q, S, g)]
     (cached_readout(*leaves, blocks=blk, backend="triton") * do).sum().backward()
     refs = [x.double().requires_grad_() for x in (q, S, g)]
     (cached_readout_reference(*refs) * do.double()).sum().backward()
-    if blk is not None:            # blocks declare gates beyond them structurally zero: no gradient there
+    if blk is not None:      # blocks declare gates beyond them structurally zero: no gradient there
         r = refs[2].grad
-        refs[2].grad = r * (torch.arange(N, device=r.device) < seg.to(r.device)[:, None])[None, :, None]
+        causal = torch.arange(N, device=r.device) < seg.to(r.device)[:, None]     # [T, N]
+        refs[2].grad = r * causal[None, :, None]
     for name, a, r in zip("q S gates".split(), leaves, refs):
         assert_close(a.grad, r.grad, 1e-5, f"d{name}")
 
 
-# ---- memory_caching(backend="triton") -----------------------------------------------------------------
+# ---- memory_caching(backend="triton") ------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ["grm", "residual", "ssc"])
 def test_memory_caching_triton_equals_torch(variant, monkeypatch):
     launches = []
-    monkeypatch.setattr(kernel, "cached_readout_triton", lambda *a, **kw: launches.append(1) or cached_readout_triton(*a, **kw))
+
+    def counted(*a, **kw):
+        launches.append(1)
+        return cached_readout_triton(*a, **kw)
+
+    monkeypatch.setattr(kernel, "cached_readout_triton", counted)
     g = torch.Generator().manual_seed(1)
     q, k, u = (torch.randn(1, 40, 2, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     v = torch.randn(1, 40, 2, 20, generator=g).to(DEVICE).requires_grad_()
@@ -228,10 +244,11 @@ def test_memory_caching_triton_equals_torch(variant, monkeypatch):
         o = minimc.memory_caching(q, k, v, u, backend=backend, **kw)
         (o * torch.linspace(-1, 1, o.numel(), device=DEVICE).reshape(o.shape)).sum().backward()
         outs.append(o.detach())
-        grads.append([torch.zeros_like(x) if x.grad is None else x.grad.clone() for x in (q, k, v, u)])
+        grads.append([torch.zeros_like(x) if x.grad is None else x.grad.clone()
+                      for x in (q, k, v, u)])
         for x in (q, k, v, u):
             x.grad = None
-    assert launches == [1]                                                   # the triton run used the kernel (SSC too)
+    assert launches == [1]                                # the triton run used the kernel (SSC too)
     assert_close(outs[1], outs[0].double(), 1e-5)
     for name, a, b in zip("q k v u".split(), *grads):
         assert_close(a, b.double(), 1e-5, f"d{name}")
@@ -243,7 +260,7 @@ def test_memory_caching_triton_rejects_float64_clearly():
         minimc.memory_caching(q, q, q, memory="linear", segment_len=4, backend="triton")
 
 
-# ---- test configuration ------------------------------------------------------------------------------
+# ---- test configuration --------------------------------------------------------------------------
 
 def test_interpreter_is_set_only_without_a_gpu():
     """minimc.kernel owns the rule: without a GPU it set TRITON_INTERPRET=1 before decorating."""

@@ -8,8 +8,10 @@ MIXERS = {
     "attention": dict(mixer="attention"),
     "linear": dict(mixer="linear", decay=True),
     "linear-grm": dict(mixer="linear", caching=dict(variant="grm", segment_len=4)),
-    "linear-residual-log": dict(mixer="linear", caching=dict(variant="residual", segment_len=4, segmentation="log")),
-    "delta-ssc": dict(mixer="delta", caching=dict(variant="ssc", segment_len=4, top_k=2, mode="independent")),
+    "linear-residual-log": dict(mixer="linear", caching=dict(variant="residual", segment_len=4,
+                                                             segmentation="log")),
+    "delta-ssc": dict(mixer="delta", caching=dict(variant="ssc", segment_len=4, top_k=2,
+                                                  mode="independent")),
     "swla-grm": dict(mixer="swla", caching=dict(variant="grm", segment_len=5)),
     "dla": dict(mixer="dla", chunk_size=1),
     "dla-chunked": dict(mixer="dla"),                           # the stream reruns a chunk of 16
@@ -35,16 +37,19 @@ def test_streaming_layer_equals_whole_sequence(name):
 
 def test_state_sizes():
     att = Attention(32, n_heads=2, head_dim=16, conv=0)
-    assert att.state_size(100) == 2 * 100 * 2 * 16 and att.state_size(200) == 2 * att.state_size(100)
+    assert att.state_size(100) == 2 * 100 * 2 * 16
+    assert att.state_size(200) == 2 * att.state_size(100)
     plain = MemoryLayer(32, n_heads=2, head_dim=16, conv=0)
     assert plain.state_size(100) == plain.state_size(10_000) == 2 * 16 * 16     # fixed: H * K * V
-    grm = MemoryLayer(32, n_heads=2, head_dim=16, conv=0, caching=dict(variant="grm", segment_len=8))
+    grm = MemoryLayer(32, n_heads=2, head_dim=16, conv=0,
+                      caching=dict(variant="grm", segment_len=8))
     # 128 tokens, 16 segments: 15 cached states + the online one, plus 15 key summaries per head
     assert grm.state_size(128) == 2 * (16 * 16 * 16 + 15 * 16)
-    log = MemoryLayer(32, n_heads=2, head_dim=16, conv=0, caching=dict(variant="grm", segmentation="log"))
-    assert log.state_size(127) == 2 * (16 * 16 * 7 + 6 * 16)                   # 127 = 64+32+16+8+4+2+1
+    log = MemoryLayer(32, n_heads=2, head_dim=16, conv=0,
+                      caching=dict(variant="grm", segmentation="log"))
+    assert log.state_size(127) == 2 * (16 * 16 * 7 + 6 * 16)                # 127 = 64+32+16+8+4+2+1
     titans = MemoryLayer(32, n_heads=2, head_dim=16, memory="titans", conv=0)
-    assert titans.state_size(10) == 2 * 4 * 16 * 64                            # W1, W2 and their momenta
+    assert titans.state_size(10) == 2 * 4 * 16 * 64                       # W1, W2 and their momenta
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -64,7 +69,7 @@ def test_presets_train_step(preset):
 def test_caching_moves_a_memory_along_the_state_size_axis():
     T = 128
     sizes = [tiny_lm(p).state_size(T) for p in ("linear", "linear-grm", "attention")]
-    assert sizes[0] < sizes[1]                                              # C = 8 at T = 128: near attention's KV cache
+    assert sizes[0] < sizes[1]                         # C = 8 at T = 128: near attention's KV cache
     assert tiny_lm("linear-grm").state_size(2 * T) > tiny_lm("linear-grm").state_size(T)
 
 

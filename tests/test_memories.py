@@ -51,9 +51,13 @@ def test_token_states_end_in_final_state(memory):
 def test_split_and_resume_with_initial_state(memory):
     q, k, v, u, opts = inputs(memory, T=50)
     whole, s_whole = minimc.recurrent_memory(q, k, v, memory, **opts)
-    cut = lambda d, a, b: {n: (x[:, a:b] if n != "weights" else x) for n, x in d.items()}  # noqa: E731
+
+    def cut(d, a, b):
+        return {n: (x[:, a:b] if n != "weights" else x) for n, x in d.items()}
+
     o1, s1 = minimc.recurrent_memory(q[:, :32], k[:, :32], v[:, :32], memory, **cut(opts, 0, 32))
-    o2, s2 = minimc.recurrent_memory(q[:, 32:], k[:, 32:], v[:, 32:], memory, initial_state=s1, **cut(opts, 32, 50))
+    o2, s2 = minimc.recurrent_memory(q[:, 32:], k[:, 32:], v[:, 32:], memory, initial_state=s1,
+                                     **cut(opts, 32, 50))
     close(torch.cat([o1, o2], 1), whole)
     for a, b in zip(s2, s_whole):
         close(a, b)
@@ -94,7 +98,7 @@ def test_delta_rule_matches_fla_naive():
     fla = _fla("fla.ops.delta_rule.naive")
     q, k, v, u, opts = inputs("delta", B=2, T=70, H=3, K=16, V=32, dtype=torch.float32)
     o, s = minimc.recurrent_memory(q, k, v, "delta", **opts)
-    kn = F.normalize(k, dim=-1)                                             # minimc normalises keys itself
+    kn = F.normalize(k, dim=-1)                                      # minimc normalises keys itself
     o_ref, s_ref = fla.delta_rule_recurrence(*(x.transpose(1, 2) for x in (q, kn, v, opts["beta"])))
     close(o, o_ref.transpose(1, 2), 1e-4)                                   # fla: [B, H, T, D]
     close(s[0], s_ref, 1e-4)
@@ -105,7 +109,8 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
     With ``mem.normalize`` each gradient is divided by (2 for l2) ||dM(k_t)/dtheta||_F^2 / K."""
     W1, W2, m1, m2 = mem.init_state(q, k, v)
     outs = []
-    loss_fn = (lambda y, v: -(y * v).sum()) if isinstance(mem, DLAMemory) else (lambda y, v: ((y - v) ** 2).sum())
+    loss_fn = ((lambda y, v: -(y * v).sum()) if isinstance(mem, DLAMemory)
+               else (lambda y, v: ((y - v) ** 2).sum()))
     for a in range(0, q.shape[1], b):
         grads = []
         for t in range(a, min(a + b, q.shape[1])):
@@ -123,7 +128,9 @@ def _minibatch_reference(mem, q, k, v, lr, momentum, decay, b):
                 g = tuple(x / c[..., None, None] for x in g)
             grads.append(g)
         for j, t in enumerate(range(a, min(a + b, q.shape[1]))):
-            e = lambda x: x[:, t, :, None, None]                            # noqa: E731
+            def e(x):
+                return x[:, t, :, None, None]
+
             m1, m2 = e(momentum) * m1 + e(lr) * grads[j][0], e(momentum) * m2 + e(lr) * grads[j][1]
             W1, W2 = e(decay) * W1 - m1, e(decay) * W2 - m2
             qt = q[:, t, :, None, :]
@@ -139,7 +146,8 @@ def test_deep_chunked_form_is_minibatch_gradient_descent(objective, b, normalize
     q, k, v, u, opts = inputs("titans", T=37)
     mem = {"dot": DLAMemory, "l2": TitansMemory}[objective](opts["weights"], chunk_size=b,
                                                             normalize=normalize)
-    o, _ = mem.forward(q, k, v, mem.init_state(q, k, v), lr=opts["lr"], momentum=opts["momentum"], decay=opts["decay"])
+    o, _ = mem.forward(q, k, v, mem.init_state(q, k, v), lr=opts["lr"], momentum=opts["momentum"],
+                       decay=opts["decay"])
     ref = _minibatch_reference(mem, q, k, v, opts["lr"], opts["momentum"], opts["decay"], b)
     close(o, ref)
 
@@ -148,7 +156,7 @@ def test_deep_readout_depends_on_query():
     q, k, v, u, opts = inputs("dla", T=5)
     o1, _ = minimc.recurrent_memory(q, k, v, "dla", **opts)
     o2, _ = minimc.recurrent_memory(2 * q, k, v, "dla", **opts)
-    assert not torch.allclose(o1, o2 / 2)                                   # M(q) is not linear in q
+    assert not torch.allclose(o1, o2 / 2)                                  # M(q) is not linear in q
 
 
 @pytest.mark.parametrize("memory", MEMORIES + ["dla-normalize", "titans-normalize"])

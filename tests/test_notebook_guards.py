@@ -60,3 +60,29 @@ def test_nbval_fails_a_cell_whose_reply_never_came(tmp_path):
     assert run.returncode != 0, out
     assert "stall.ipynb, Cell 1: no execute reply within 2 s" in out, out
     assert "seconds per notebook" in out, out
+
+
+def test_a_missed_wake_up_costs_one_slice_not_the_cell_limit():
+    """A channel whose poll misses the wake-up of a message already there, and finds it only
+    when its timeout ends (what scripts/build_book.py measured of zmq.asyncio): polled in slices,
+    the message comes after one slice instead of after the whole cell limit."""
+    import asyncio
+    import queue
+    import time
+
+    arrived = time.monotonic() + 0.2                # the reply lands 0.2 s after the request
+
+    async def missing_get_msg(timeout=None):
+        await asyncio.sleep(timeout)                # sleeps through the arrival ...
+        if time.monotonic() >= arrived:
+            return {"msg": "reply"}                 # ... and sees it only at its timeout
+        raise queue.Empty
+
+    async def wait(get_msg):
+        start = time.monotonic()
+        msg = await get_msg(timeout=8.0)
+        return msg, time.monotonic() - start
+
+    _, plain = asyncio.run(wait(missing_get_msg))
+    msg, sliced = asyncio.run(wait(build_book._sliced(missing_get_msg)))
+    assert msg == {"msg": "reply"} and plain > 7.9 and sliced < 1.5, (plain, sliced)

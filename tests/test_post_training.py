@@ -13,10 +13,11 @@ def _model():
 
 def test_mean_gate_is_a_uniform_average_of_the_memories_a_token_may_read():
     scores, online = torch.randn(2, 5, 3), torch.randn(2, 5)
-    valid = torch.tensor([[False] * 3, [True, False, False], [True, True, False], [True] * 3, [True] * 3])
+    valid = torch.tensor([[False] * 3, [True, False, False], [True, True, False], [True] * 3,
+                          [True] * 3])
     g, selected = gate(scores, online, valid, "mean", top_k=2)
     assert selected is None
-    n = valid.sum(-1).double() + 1                                          # cached ones + the online one
+    n = valid.sum(-1).double() + 1                                    # cached ones + the online one
     torch.testing.assert_close(g[..., -1], (1 / n).expand(2, 5).to(g.dtype))
     torch.testing.assert_close(g[..., :3], (valid / n[:, None]).expand(2, 5, 3).to(g.dtype))
 
@@ -37,8 +38,8 @@ def test_independent_mean_of_a_linear_memory_is_the_plain_memory_rescaled():
     n = torch.arange(24) // 5 + 1
     torch.testing.assert_close(o * n[None, :, None, None], plain)
     model, ids = _model(), torch.randint(32, (2, 40))
-    torch.testing.assert_close(with_caching(model, segment_len=8, mode="independent")(ids), model(ids),
-                               atol=1e-4, rtol=1e-4)                        # only RMSNorm's eps differs
+    torch.testing.assert_close(with_caching(model, segment_len=8, mode="independent")(ids),
+                               model(ids), atol=1e-4, rtol=1e-4)        # only RMSNorm's eps differs
 
 
 def test_checkpoint_mean_changes_the_readout_and_streams():

@@ -139,7 +139,10 @@ def test_value_less_memory_is_gated_causal_softmax_attention(eq18):
     u, k, gate, b_K = eq18
     y = minimc.memory_caching(gate, k, k, u, memory="key", segment_len=1, mode="independent",
                               temperature=1.0, scale=1.0, bias=b_K)
-    heads = lambda z: z.transpose(1, 2)                          # noqa: E731
+
+    def heads(z):
+        return z.transpose(1, 2)
+
     att = heads(F.scaled_dot_product_attention(heads(u), heads(k), heads(b_K + k),
                                                is_causal=True, scale=1.0))
     torch.testing.assert_close(y, att * gate, rtol=0, atol=1e-12)

@@ -50,8 +50,8 @@ def chunk_hint(C, inter="is the inter-chunk term Q S missing, or S not carried t
         if t == 0:
             return "the very first token: check the scale and the readout S^T (scale q)"
         if t < C:
-            return (f"inside the first chunk (no state yet): the intra-chunk term ((Q K^T) * M) V: "
-                    f"the causal mask (j <= i, diagonal included) or the scale?")
+            return ("inside the first chunk (no state yet): the intra-chunk term ((Q K^T) * M) V: "
+                    "the causal mask (j <= i, diagonal included) or the scale?")
         if t % C == 0:
             return f"the first token of chunk {t // C}: {inter}"
         return f"token {t % C} of chunk {t // C}, after correct ones"

@@ -170,7 +170,9 @@ def test_swla_step_matches_minimc(impl, B, H, K, V):
 
 
 def test_swla_worked_example(impl):
-    t = lambda x, *s: torch.tensor(x, dtype=torch.float64).view(*s)       # noqa: E731
+    def t(x, *s):
+        return torch.tensor(x, dtype=torch.float64).view(*s)
+
     state = (t(1.0, 1, 1, 1, 1), t(1.0, 1, 1, 1), t(2.0, 1, 1, 1))
     k, v, a, b, c = t(1.0, 1, 1, 1), t(3.0, 1, 1, 1), t(0.5, 1, 1), t(1.0, 1, 1), t(2.0, 1, 1)
     expected = SWLAMemory().step(state, k, v, a=a, b=b, c=c)              # ([[8.5]], [1], [3])

@@ -22,11 +22,17 @@ def inputs(B, H, K, E, seed=0, scale=1.0):
     """state (W1 [B, H, E, K], W2 [B, H, K, E], m1, m2), k, v [B, H, K], lr, momentum, decay
     [B, H]."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)       # noqa: E731
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
     W1, W2 = r(B, H, E, K) * scale / E ** 0.5, r(B, H, K, E) * scale / K ** 0.5
     m1, m2 = 0.1 * r(B, H, E, K), 0.1 * r(B, H, K, E)
     k, v = r(B, H, K), r(B, H, K)
-    u = lambda: torch.rand(B, H, generator=g, dtype=torch.float64)         # noqa: E731
+
+    def u():
+        return torch.rand(B, H, generator=g, dtype=torch.float64)
+
     return (W1, W2, m1, m2), k, v, 0.3 * u(), 0.9 * u(), 1 - 0.2 * u()
 
 

@@ -88,9 +88,13 @@ STREAM_CASES = [("linear", "checkpoint", True), ("linear", "independent", False)
 def stream_inputs(memory, decay, B=2, T=37, H=2, K=4, V=3, seed=0):
     """q (already scaled), k, v and the memory's per-token scalars ([B, T, H], in sane ranges)."""
     g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)          # noqa: E731
-    uni = lambda lo: lo + (1 - lo) * torch.rand(B, T, H, generator=g,             # noqa: E731
-                                                dtype=torch.float64)
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    def uni(lo):
+        return lo + (1 - lo) * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+
     q, k, v = rnd(B, T, H, K) * K ** -0.5, rnd(B, T, H, K), rnd(B, T, H, V)
     opts = {"linear": {"decay": uni(0.7)} if decay else {}, "delta": {"beta": uni(0.1)},
             "swla": {"a": uni(0.7), "b": uni(0.2), "c": uni(0.2)}}[memory]

@@ -17,7 +17,10 @@ AXES = ("B", "T", "K")
 
 def weights(B=2, T=13, D=6, K=5, seed=0, size=1.0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)    # noqa: E731
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
     x = size * r(B, T, D)
     w_u, w_k, b_k, w_q = r(D, K) / D ** 0.5, r(D, K) / D ** 0.5, r(K), r(D, K) / D ** 0.5
     return x, w_u, w_k, b_k, w_q

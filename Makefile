@@ -13,7 +13,8 @@ export CELL_LIMIT ?= 300
 TIMEOUT := $(shell command -v timeout >/dev/null 2>&1 && echo timeout 3600)
 IMPL    ?= solutions
 
-.PHONY: all venv book test test-unit test-exercises test-notebooks grade lab screenshots bench clean
+.PHONY: all venv book test test-unit test-exercises test-notebooks grade lab screenshots bench \
+        results clean
 
 all: book
 
@@ -55,6 +56,15 @@ test-notebooks: $(STAMP)
 	$(TIMEOUT) $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_LIMIT) --timeout=$(CELL_LIMIT) -p no:cacheprovider \
 	  book/ --ignore=book/_build
+
+# The committed results (results/README.md): the experiments in two processes, one per core, then
+# the plateau follow-ups (they read every other experiment's runs). About 1.5 hours on 2 cores.
+FULL := $(BIN)/python scripts/experiments.py --size full --out results/full
+results: $(STAMP)
+	$(FULL) --only lr,recall,parity,log_linear,ablations,niah,extrapolation & p=$$!; \
+	$(FULL) --only deep,lm,cost; s=$$?; wait $$p && test $$s = 0
+	$(FULL) --only plateau & p=$$!; $(FULL) --only plateau_lr; s=$$?; wait $$p && test $$s = 0
+	$(FULL) --figures-only
 
 # Your score per chapter: make grade, or make grade CHAPTER=1.
 grade: $(STAMP)

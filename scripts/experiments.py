@@ -22,6 +22,8 @@ Experiments (MQAR unless said; a "seed" fixes the initialisation and the trainin
   deep         Memory Caching on the memories that learn (delta, DLA, Titans): GRM, Soup, SSC
   lm           byte-level language models on the Python standard library's source
   cost         forward + backward time and memory against length and against C
+  plateau      every MQAR run above that ended on the chance plateau, retrained with 3x steps
+  plateau_lr   the same runs retrained with half the learning rate (same steps)
 
 Verdicts follow rules fixed here before the full run (VERDICT_RULE): a paired comparison over
 the seeds that share data, "better" only when every seed agrees and the mean gain is at least
@@ -50,15 +52,22 @@ SELECT_SEED = 10            # training seed of the learning-rate sweep: no test 
 NIAH_SEED = 1 << 42
 RECALL = ["attention", "linear", "linear-grm", "linear-ssc"]
 EXPERIMENTS = ["lr", "recall", "parity", "log_linear", "ablations", "niah", "extrapolation",
-               "deep", "lm", "cost"]
+               "deep", "lm", "cost", "plateau", "plateau_lr"]
+# MQAR runs sit on a loss plateau at ln(vocab / 2) (chance) before a sudden drop, at a step that
+# varies with the seed. A run whose held-out accuracy stays below PLATEAU at every evaluated pair
+# count ended on it: the plateau experiments retrain exactly those runs with 3x the steps, and
+# with half the learning rate. (Rule added after the first full run showed such runs; it picks
+# runs by their accuracy alone.)
+PLATEAU = 0.10
 
 # The verdict rule, fixed before the full run: a comparison of a against b over paired seeds is
 # "better" (or "worse") when every seed's difference has that sign and the mean difference is at
 # least MIN_GAIN (accuracy: 1 point; bits per byte: 0.01); anything else is "within noise".
+# One seed (the quick size) gives no verdict at all: "every seed agrees" would be trivially true.
 MIN_GAIN = {"accuracy": 0.01, "bpb": 0.01}
 VERDICT_RULE = ("paired over seeds: 'better' if a beats b on every seed and by at least "
                 "MIN_GAIN on average (1 accuracy point; 0.01 bits per byte), 'worse' likewise, "
-                "else 'within noise'")
+                "else 'within noise'; one seed: no verdict")
 
 
 def caching(variant, C=8, top_k=None, **options):
@@ -121,7 +130,7 @@ SIZES = {   # "smoke" only checks the code paths (tests/test_train.py); its numb
                   lm=dict(seq_len=64, batch_size=4, steps=3, eval_n=8, seeds=[0],
                           models=["linear@lm", "dla-soup@lm"]),
                   cost=dict(lengths=[64, 128, 256], seq_len=256, segment_lens=[8, 64],
-                            step_segment_lens=[8, 32])),
+                            step_segment_lens=[8, 32]), plateau_factor=2),
     "quick": dict(experiments=["recall", "niah", "extrapolation", "lm"], seeds=[0], steps=500,
                   eval_n=500, lrs=[1e-2], select_seeds=[], parity=[], ablations=[], log=None,
                   niah=dict(lengths=[128, 256, 512], depths=[0.0, 0.5, 1.0], n=100),
@@ -142,7 +151,7 @@ SIZES = {   # "smoke" only checks the code paths (tests/test_train.py); its numb
                          models=LM_MODELS),
                  cost=dict(lengths=[512, 1024, 2048, 4096, 8192], seq_len=2048,
                            segment_lens=[4, 8, 16, 32, 64, 128, 512],
-                           step_segment_lens=[8, 16, 32])),
+                           step_segment_lens=[8, 16, 32]), plateau_factor=3),
 }
 
 
@@ -171,7 +180,8 @@ def compare(a, b, metric="accuracy"):
     d = [sign * (a[s] - b[s]) for s in seeds]                # > 0: a is better
     m, s = mean_std(d)
     gain = MIN_GAIN[metric]
-    verdict = ("better" if all(x > 0 for x in d) and m >= gain else
+    verdict = ("one seed: no verdict" if len(d) < 2 else
+               "better" if all(x > 0 for x in d) and m >= gain else
                "worse" if all(x < 0 for x in d) and -m >= gain else "within noise")
     return dict(seeds=seeds, diffs=d, mean=m, std=s, verdict=verdict, metric=metric)
 
@@ -603,6 +613,40 @@ def exp_cost(size):
                      "B = 32, T = 128, interleaved")
 
 
+def on_plateau(r):
+    """Did an MQAR run end on the chance plateau (PLATEAU)?"""
+    return r["config"].get("task") == "mqar" and max(e["accuracy"] for e in r["eval"]) < PLATEAU
+
+
+def exp_plateau(size, res, lr_factor=1.0):
+    """Retrain every MQAR run of the other experiments that ended on the plateau, with the same
+    seed, data and evaluation but plateau_factor x the steps (a longer schedule, not a
+    continuation); or, with ``lr_factor``, the same steps at lr_factor x the learning rate."""
+    skip = ("lr", "plateau", "plateau_lr")
+    stuck = [(c, r) for c in EXPERIMENTS if c in res and c not in skip
+             for r in res[c].get("runs", []) if on_plateau(r)]
+    factor = size["plateau_factor"] if lr_factor == 1.0 else 1
+    rows = []
+    for c, r in stuck:
+        cfg = r["config"]
+        evals = [(e["seq_len"], e["num_kv_pairs"]) for e in r["eval"]]
+        longer = mqar_run(cfg["model"], cfg["seed"], size, lr=lr_factor * cfg["lr"],
+                          seq_len=cfg["seq_len"], batch_size=cfg["batch_size"],
+                          pairs=cfg["num_kv_pairs"], evals=evals, steps=factor * cfg["steps"],
+                          eval_n=cfg["eval_n"], eval_seed=cfg["eval_seed"])
+        rows.append(dict(experiment=c, model=cfg["model"], seed=cfg["seed"], steps=cfg["steps"],
+                         lr=cfg["lr"], longer_lr=longer["config"]["lr"],
+                         longer_steps=longer["config"]["steps"], accuracy=r["eval"],
+                         longer_accuracy=longer["eval"],
+                         loss=[(h["step"], h["loss"]) for h in r["history"]],
+                         longer_loss=[(h["step"], h["loss"]) for h in longer["history"]]))
+    runs = sum(len(res[c].get("runs", [])) for c in EXPERIMENTS
+               if c in res and c not in skip and res[c].get("runs")
+               and res[c]["runs"][0]["config"].get("task") == "mqar")
+    return dict(rows=rows, threshold=PLATEAU, factor=factor, lr_factor=lr_factor,
+                runs_checked=runs)
+
+
 # ---------------------------------------------------------------------------------- figures
 def figures(res, out=None, only=None):
     """One figure per experiment in ``res`` (or only those in ``only``): saved as
@@ -792,6 +836,23 @@ def figures(res, out=None, only=None):
         axes[2].legend(fontsize=7)
         save(fig, "cost.png")
 
+    for c in ("plateau", "plateau_lr"):
+        if c not in draw or not res[c]["rows"]:
+            continue
+        rows, p = res[c]["rows"], res[c]
+        change = (f"{p['factor']}x the steps" if c == "plateau"
+                  else f"{p['lr_factor']:g}x the learning rate")
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for i, r in enumerate(rows):
+            tone = plt.cm.tab10(i % 10)
+            label = f"{r['model']} seed {r['seed']}"
+            ax.plot(*zip(*r["loss"]), "o-", color=tone, label=label)
+            ax.plot(*zip(*r["longer_loss"]), ":", color=tone)
+        ax.axhline(math.log(128), color="gray", lw=0.8)
+        ax.set(xlabel="training step", ylabel="training loss",
+               title=f"Runs that ended on the plateau (solid), with {change} (dotted)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        save(fig, f"{c}.png")
 
 # ---------------------------------------------------------------------------------- summary
 def pct(ms, n=2):
@@ -828,7 +889,7 @@ def summary(res):
         lines.append("")
     if "recall" in res:
         r, n_s = res["recall"], seeds_of(res["recall"]["runs"])
-        lines += [f"## Recall (accuracy, mean ± std over {n_s} seeds; trained on 8/16/32 pairs, "
+        lines += [f"## Recall (accuracy, mean ± std over {n_s} seed{'s' * (n_s > 1)}; trained on 8/16/32 pairs, "
                   "T = 128)", "", "| model | lr | " + " | ".join(f"{kv} pairs" for kv in EVAL_KV)
                   + " |", "|---|---|" + "---|" * len(EVAL_KV)]
         lines += [f"| {n} | {r['lr'][n]:g} | " + " | ".join(pct(t[str(kv)], n_s)
@@ -901,7 +962,7 @@ def summary(res):
         r = res["lm"]
         n_s = seeds_of(r["runs"])
         lines += [f"## Byte-level LM on the standard library (Python {r['python']}; T = "
-                  f"{r['seq_len']}; bits per byte on held-out files, mean ± std over {n_s} seeds)",
+                  f"{r['seq_len']}; bits per byte on held-out files, mean ± std over {n_s} seed{'s' * (n_s > 1)})",
                   "", "| model | all positions | " + " | ".join(f"positions {a}-{b - 1}"
                                                               for a, b in r["bins"]) + " |",
                   "|---|---|" + "---|" * len(r["bins"])]
@@ -929,6 +990,25 @@ def summary(res):
             "", "Training step (B 32, T 128): " + ", ".join(
                 f"{x['model']} {x['seconds'] * 1e3:.0f} ms ({x['state_size']:,} numbers)"
                 for x in c["train_step"]), ""]
+    for c in ("plateau", "plateau_lr"):
+        if c not in res:
+            continue
+        r = res[c]
+        change = (f"{r['factor']}x the steps" if c == "plateau"
+                  else f"{r.get('lr_factor', 1):g}x the learning rate, the same steps")
+        lines += [f"## Runs that ended on the chance plateau (held-out accuracy < "
+                  f"{r['threshold']:.0%} at every pair count): {len(r['rows'])} of "
+                  f"{r['runs_checked']} MQAR runs, retrained with {change}", ""]
+        if r["rows"]:
+            lines += ["| experiment | model | seed | steps, lr | accuracy (each pair count) | "
+                      "retrained: steps, lr | accuracy |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {x['experiment']} | {x['model']} | {x['seed']} | {x['steps']}, "
+                      f"{x.get('lr', '')} | "
+                      + " / ".join(f"{e['accuracy']:.1%}" for e in x["accuracy"])
+                      + f" | {x['longer_steps']}, {x.get('longer_lr', '')} | "
+                      + " / ".join(f"{e['accuracy']:.1%}" for e in x["longer_accuracy"]) + " |"
+                      for x in r["rows"]]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -966,6 +1046,9 @@ def main(argv=None):
             need("lr")
         if c in ("parity", "ablations"):
             need("recall")
+        if c in ("plateau", "plateau_lr"):
+            for other in names:
+                need(other)
         if c in ("niah", "extrapolation") and not models:     # retrain what they evaluate
             need("lr")
             for s in size["seeds"]:
@@ -978,7 +1061,9 @@ def main(argv=None):
                   "niah": lambda: exp_niah(size, models),
                   "extrapolation": lambda: exp_extrapolation(size, models),
                   "deep": lambda: exp_deep(size), "lm": lambda: exp_lm(size),
-                  "cost": lambda: exp_cost(size)}[c]()
+                  "cost": lambda: exp_cost(size),
+                  "plateau": lambda: exp_plateau(size, res),
+                  "plateau_lr": lambda: exp_plateau(size, res, lr_factor=0.5)}[c]()
         res[c].update(experiment=c, size=a.size, seconds=time.perf_counter() - t0,
                       cpu_seconds=time.process_time() - cpu0,
                       load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)
@@ -1012,7 +1097,8 @@ def main(argv=None):
 def _git(*args):
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+                              cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "..")).stdout.strip()
     except OSError:
         return ""
 

@@ -139,6 +139,8 @@ SCHEMA = {  # file -> keys every results folder must have (what the book and REA
     "deep": {"runs", "table", "verdicts", "seq_len", "pairs", "nan_runs"},
     "lm": {"runs", "table", "bins", "verdicts", "python"},
     "cost": {"rows", "exponents", "exponent_lengths", "by_segment_len", "train_step"},
+    "plateau": {"rows", "threshold", "factor", "runs_checked"},
+    "plateau_lr": {"rows", "threshold", "factor", "lr_factor", "runs_checked"},
 }
 
 
@@ -153,7 +155,9 @@ def check_schema(folder):
         assert SCHEMA[name] | COMMON <= set(data), f"{name}.json lacks {SCHEMA[name] - set(data)}"
         assert os.path.exists(os.path.join(folder, name + ".png")), name
         for v in data.get("verdicts", {}).values():
-            assert v["verdict"] in ("better", "worse", "within noise") and len(v["diffs"])
+            assert v["verdict"] in ("better", "worse", "within noise", "one seed: no verdict")
+            one = v["verdict"] == "one seed: no verdict"
+            assert len(v["diffs"]) and one == (len(v["diffs"]) == 1)
     with open(os.path.join(folder, "recall.json")) as f:
         recall = json.load(f)
     for model, row in recall["table"].items():
@@ -179,4 +183,5 @@ def test_verdict_rule():
     assert ex.compare({0: 0.9, 1: 0.8}, {0: 0.85, 1: 0.81})["verdict"] == "within noise"
     assert ex.compare({0: 0.80, 1: 0.80}, {0: 0.805, 1: 0.805})["verdict"] == "within noise"
     assert ex.compare({0: 1.9, 1: 2.0}, {0: 2.0, 1: 2.1}, "bpb")["verdict"] == "better"
-    assert ex.compare({0: 0.5}, {0: 0.7})["verdict"] == "worse"
+    assert ex.compare({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.65})["verdict"] == "worse"
+    assert ex.compare({0: 0.5}, {0: 0.7})["verdict"] == "one seed: no verdict"   # nothing to agree

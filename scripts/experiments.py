@@ -4,7 +4,7 @@ on a CPU. Each experiment writes <name>.json (every run's config, evaluation and
 
     python scripts/experiments.py --size smoke --out /tmp/x     # code paths only (tests, ~1 min)
     python scripts/experiments.py --size quick                  # the book's live size
-    python scripts/experiments.py --size full --out results/full    # committed results (<= 2 h)
+    make results      # the committed results/full: ~1.5 h on 2 cores (2.4 h in one process)
     python scripts/experiments.py --size full --out results/full --only cost,niah
     python scripts/experiments.py --size full --out results/full --figures-only
 
@@ -370,11 +370,17 @@ def niah_result(rows, size):
     names = [n for n in RECALL if any(r["model"] == n for r in rows)]
     overall = {n: {r["seed"]: mean_grid(r) for r in rows if r["model"] == n} for n in names}
     long = {n: {r["seed"]: longest(r) for r in rows if r["model"] == n} for n in names}
+    def at_length(r, L):
+        return mean_std(r["grid"][str(L)].values())[0]
     v = {}
     for n in ("linear-grm", "linear-ssc"):
         if n in overall and "linear" in overall:
             v[f"{n}_vs_linear"] = compare(overall[n], overall["linear"])
             v[f"{n}_vs_linear_longest"] = compare(long[n], long["linear"])
+            for L in size["niah"]["lengths"]:                   # mean over depths, per length
+                a, b = ({r["seed"]: at_length(r, L) for r in rows if r["model"] == m}
+                        for m in (n, "linear"))
+                v[f"{n}_vs_linear_T{L}"] = compare(a, b)
     if "attention" in overall and "linear-grm" in overall:
         v["attention_vs_grm"] = compare(overall["attention"], overall["linear-grm"])
     return dict(rows=rows, lengths=size["niah"]["lengths"], depths=size["niah"]["depths"],
@@ -1024,10 +1030,22 @@ def main(argv=None):
     a = p.parse_args(argv)
     out, size = a.out or os.path.join("results", a.size), SIZES[a.size]
     names = size["experiments"]
-    only = [] if a.figures_only else a.only.split(",") if a.only else names
+    only = [] if a.figures_only else [c.strip() for c in a.only.split(",")] if a.only else names
+    unknown = [c for c in only if c not in names]
+    if unknown:
+        p.error(f"--only: {unknown} not among the {a.size} size's experiments {names}")
+    if a.figures_only and not any(os.path.exists(os.path.join(out, f"{c}.json")) for c in names):
+        p.error(f"--figures-only: no experiment JSON files in {out!r} to draw from")
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(1)
     res, models = {}, {}
+    committed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "full",
+                             "lr.json")
+    if "lr" not in names and os.path.exists(committed):     # quick: the full run's chosen rates
+        with open(committed) as f:
+            res["lr"] = json.load(f)
+        print(f"learning rates chosen by the full run (results/full/lr.json): "
+              f"{res['lr']['chosen']}", flush=True)
 
     def need(c):
         """An earlier experiment's result: from this run, else from its JSON file."""
@@ -1074,7 +1092,8 @@ def main(argv=None):
     figures(res, out)
     table = summary(res)
     total = sum(res[c]["seconds"] for c in names if c in res)
-    command = f"python scripts/experiments.py --size {a.size} --out {out}"
+    command = "python scripts/experiments.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     if only:
         meta = dict(command=command, size=a.size, experiments=names, wall_seconds=total,
                     seconds={c: res[c]["seconds"] for c in names if c in res},

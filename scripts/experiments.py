@@ -895,8 +895,9 @@ def summary(res):
         lines.append("")
     if "recall" in res:
         r, n_s = res["recall"], seeds_of(res["recall"]["runs"])
-        lines += [f"## Recall (accuracy, mean ± std over {n_s} seed{'s' * (n_s > 1)}; trained on 8/16/32 pairs, "
-                  "T = 128)", "", "| model | lr | " + " | ".join(f"{kv} pairs" for kv in EVAL_KV)
+        lines += [f"## Recall (accuracy, mean ± std over {n_s} seed{'s' * (n_s > 1)}; "
+                  "trained on 8/16/32 pairs, T = 128)", "",
+                  "| model | lr | " + " | ".join(f"{kv} pairs" for kv in EVAL_KV)
                   + " |", "|---|---|" + "---|" * len(EVAL_KV)]
         lines += [f"| {n} | {r['lr'][n]:g} | " + " | ".join(pct(t[str(kv)], n_s)
                                                            for kv in EVAL_KV) + " |"
@@ -968,7 +969,8 @@ def summary(res):
         r = res["lm"]
         n_s = seeds_of(r["runs"])
         lines += [f"## Byte-level LM on the standard library (Python {r['python']}; T = "
-                  f"{r['seq_len']}; bits per byte on held-out files, mean ± std over {n_s} seed{'s' * (n_s > 1)})",
+                  f"{r['seq_len']}; bits per byte on held-out files, mean ± std over {n_s} "
+                  f"seed{'s' * (n_s > 1)})",
                   "", "| model | all positions | " + " | ".join(f"positions {a}-{b - 1}"
                                                               for a, b in r["bins"]) + " |",
                   "|---|---|" + "---|" * len(r["bins"])]

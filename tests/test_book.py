@@ -3,6 +3,7 @@ every widget's views precomputed), then every page must load without console err
 up to 100 columns must fit a 1280-px window, and every control of every widget, moved with the
 keyboard, must switch the figure to the view drawn for the values the controls now show.
 Skips, saying why, without Chromium or node_modules/."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,20 @@ def chrome(book):
         yield browser
 
 
+def test_pages_leave_out_sphinx_pages_and_the_redirect_index(tmp_path):
+    for name in ("index", "search", "genindex", "00_welcome"):
+        (tmp_path / f"{name}.html").write_text("<p>x</p>")
+    assert [p.name for p in pages(tmp_path)] == ["00_welcome.html"]
+
+
+def test_the_index_redirects_to_a_checked_chapter(book):
+    """index.html is only a refresh to the first chapter (loading it raced the redirect)."""
+    target = re.fullmatch(r'<meta http-equiv="Refresh" content="0; url=([\w.]+)" />\s*',
+                          (book / "index.html").read_text())
+    assert target, (book / "index.html").read_text()[:300]
+    assert target.group(1) in [p.name for p in pages(book)]
+
+
 def test_every_page_loads_without_console_errors(book, chrome):
     built = pages(book)
     assert len(built) >= len(CHAPTERS)
@@ -61,7 +76,7 @@ def test_every_page_loads_without_console_errors(book, chrome):
 
 def test_code_up_to_100_columns_fits_a_1280_px_window(book, chrome):
     checked = 0
-    for page in pages(book):                        # the index page has no code cells
+    for page in pages(book):
         chrome.open(page.as_uri(), settle=0.2)
         cells = chrome.eval("""Array.from(document.querySelectorAll("div.cell_input pre"), p => [
             Math.max(...p.textContent.split("\\n").map(l => l.length)),

@@ -26,7 +26,8 @@ def test_layout_keys_values_queries_labels(T, N):
         assert len(set(keys[row].tolist())) == N and len(set(values[row].tolist())) == N
         pos = (y[row] != -100).nonzero()[:, 0]
         assert len(pos) == N, "one answer per pair"
-        assert (pos >= 2 * N).all() and ((pos - 2 * N) % 2 == 0).all(), "queries after the context, even offsets"
+        assert (pos >= 2 * N).all() and ((pos - 2 * N) % 2 == 0).all(), \
+            "queries after the context, even offsets"
         answer = dict(zip(keys[row].tolist(), values[row].tolist()))
         assert sorted(x[row, pos].tolist()) == sorted(answer), "every key is queried exactly once"
         assert all(answer[k] == v for k, v in zip(x[row, pos].tolist(), y[row, pos].tolist()))
@@ -55,9 +56,9 @@ def test_bad_arguments_say_what_is_wrong(kwargs, match):
 
 def test_accuracy_over_answer_positions():
     x, y = mqar(4, seq_len=32, num_kv_pairs=4, vocab_size=32, seed=0)
-    logits = torch.nn.functional.one_hot(y.clamp_min(0), 32).float()       # [B, T, V], right everywhere
+    logits = torch.nn.functional.one_hot(y.clamp_min(0), 32).float()  # [B, T, V], all right
     assert accuracy(logits, y) == 1.0
-    wrong = logits[y != -100].roll(1, dims=-1)                              # [n_labelled, V], all wrong
+    wrong = logits[y != -100].roll(1, dims=-1)                         # [n_labelled, V], all wrong
     assert accuracy(wrong, y) == 0.0
     half = logits[y != -100].clone()
     half[::2] = half[::2].roll(1, dims=-1)

@@ -24,7 +24,8 @@ def test_weight_decay_on_matrices_only():
     assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() >= 2 for p in decay["params"])
-    assert any("norm" in names[id(p)] for p in rest["params"]) and any("conv" in names[id(p)] for p in rest["params"])
+    assert any("norm" in names[id(p)] for p in rest["params"])
+    assert any("conv" in names[id(p)] for p in rest["params"])
 
 
 @pytest.mark.timeout(120)
@@ -36,11 +37,12 @@ def test_smoke_training_beats_chance():
 
 
 def test_results_are_plain_json_data():
-    r = train("linear", steps=3, batch_size=4, seq_len=32, num_kv_pairs=[2, 4], vocab_size=32, eval_n=8,
-              log_every=1, eval_every=2, threads=1, device="cpu", verbose=False)
+    r = train("linear", steps=3, batch_size=4, seq_len=32, num_kv_pairs=[2, 4], vocab_size=32,
+              eval_n=8, log_every=1, eval_every=2, threads=1, device="cpu", verbose=False)
     back = json.loads(json.dumps(r))
     assert back == r
-    assert set(r) == {"config", "params", "state_size", "accuracy", "eval", "history", "train_seconds", "device"}
+    assert set(r) == {"config", "params", "state_size", "accuracy", "eval", "history",
+                      "train_seconds", "device"}
     assert r["config"]["num_kv_pairs"] == [2, 4] and r["config"]["model"] == "linear"
     assert [(e["seq_len"], e["num_kv_pairs"]) for e in r["eval"]] == [(32, 2), (32, 4)]
     assert all(0 <= e["accuracy"] <= 1 and math.isfinite(e["loss"]) for e in r["eval"])
@@ -49,8 +51,8 @@ def test_results_are_plain_json_data():
 
 
 def test_training_is_seeded():
-    kw = dict(steps=4, batch_size=4, seq_len=32, num_kv_pairs=4, vocab_size=32, eval_n=16, threads=1,
-              device="cpu", verbose=False)
+    kw = dict(steps=4, batch_size=4, seq_len=32, num_kv_pairs=4, vocab_size=32, eval_n=16,
+              threads=1, device="cpu", verbose=False)
     a, b = train("linear-grm", seed=1, **kw), train("linear-grm", seed=1, **kw)
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 HTML = Path(__file__).resolve().parent.parent / "book" / "_build" / "html"
 # Sphinx's own pages, and index.html: only a <meta http-equiv="Refresh"> to the first chapter
-# (tests/test_book.py checks it). Loading it raced the redirect: once in 17 builds the page
-# navigated away while the MathJax check ran ("Inspected target navigated or closed").
+# (tests/test_book.py checks it). Loading it races the redirect: the page can navigate away
+# during the MathJax check ("Inspected target navigated or closed").
 SKIP = {"genindex", "search", "index"}
 
 
